@@ -1,0 +1,242 @@
+"""Config schemas: frozen dataclasses, registered in Hydra's ConfigStore as the YAML groups' schemas.
+
+Owns the typed shape of every config group (`conf/<group>/*.yaml` starts from `<group>_schema`).
+Only entry points see Hydra: they call `from_hydra(Cls, cfg)` once and pass typed objects on.
+Derived values are properties; nothing writes back into a config.
+
+Hydra cannot compose onto frozen dataclasses, so the ConfigStore holds a mutable twin of each
+schema (same fields, same defaults) made by `_schema`; `from_hydra` builds the frozen object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+# --------------------------------------------------------------------------- model / engine
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A decoder architecture (Qwen2/2.5 or Llama 3) and where its weights come from."""
+
+    name: str = "tiny"
+    arch: str = "qwen2"  # qwen2 | llama
+    vocab_size: int = 151936
+    hidden_size: int = 256
+    intermediate_size: int = 704
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int | None = None  # None: hidden_size // num_heads
+    max_position: int = 32768
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = True
+    path: str | None = None  # Hugging Face model directory; None = seeded random init
+    seed: int = 0
+    tokenizer: str | None = None  # None: the directory's, else qwen (qwen2 arch) or bytes
+    eos_token_id: int | None = 151643
+
+    @property
+    def attention_bias(self) -> bool:
+        """Qwen2 has biases on the QKV projections; Llama does not."""
+        return self.arch == "qwen2"
+
+    @property
+    def dim_head(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the model runs: device, precision, attention backend, compilation, preemption."""
+
+    device: str = "cpu"  # cpu | cuda
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    attention: str = "torch"  # torch (SDPA) | flashinfer (CUDA only)
+    compile: bool = False  # torch.compile each operator separately
+    granularity: str = "operator"  # operator | layer | none: preemption points of a prefill
+    max_op_tokens: int = 0  # split operators over more tokens than this into slices; 0 = never
+    block_size: int = 16  # tokens per KV block
+    num_kv_blocks: int = 4096  # KV pool size in blocks
+    max_batch_tokens: int = 16384  # largest prefill batch the engine accepts
+    threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+
+
+# --------------------------------------------------------------------------- scheduling
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """A scheduling policy: an order, a preemption granularity, and batching/admission rules."""
+
+    name: str = "flowprefill"
+    order: str = "sedf"  # fcfs | edf | sedf | priority
+    granularity: str = "operator"  # none | chunk | layer | operator
+    chunk_size: int = 512  # with granularity=chunk
+    batching: bool = True  # SLO-aware batching of short, non-urgent requests
+    token_bound: int = 2048
+    alpha: float = 0.1
+    drop: str = "demote"  # demote | moore_hodgson: what to do with requests predicted to miss
+    class_priority: dict[str, int] = field(default_factory=dict)  # order=priority: lower first
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    """An accelerator for the roofline cost model."""
+
+    name: str = "cpu"
+    peak_flops: float = 1.0e11  # dense matmul FLOP/s at the run's dtype
+    mem_bandwidth: float = 2.0e10  # bytes/s
+    bytes_per_param: int = 4
+    half_efficiency_tokens: int = 64  # tokens at which matmul efficiency reaches half of peak
+    op_overhead: float = 2.0e-5  # fixed seconds per operator launch
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    kind: str = "roofline"  # roofline | fitted
+    path: str | None = None  # fitted artifact (file or directory)
+
+
+# --------------------------------------------------------------------------- workload / SLOs
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    name: str = "qwen_like"
+    format: str = "synthetic"  # qwen | azure | mooncake | canonical | synthetic
+    path: str | None = None
+    rate_scale: float = 1.0  # divides inter-arrival gaps
+    start: float | None = None  # window start, seconds from the trace's first request
+    end: float | None = None
+    max_requests: int | None = None
+    max_prompt_len: int | None = None  # clip longer prompts (e.g. to the model's context)
+    seed: int = 0
+    # synthetic generator
+    preset: str = "qwen_like"
+    rate: float = 5.0  # requests/s
+    arrival: str = "poisson"  # poisson | gamma
+    cv: float = 1.0  # gamma arrivals: coefficient of variation of gaps
+    num_requests: int = 1000
+
+
+@dataclass(frozen=True)
+class SLOConfig:
+    mode: str = "by_type"  # by_type | bands
+    scale: float = 1.0  # multiplies every SLO
+    seed: int = 0
+    # by_type: TTFT and TBT seconds per type; untyped traces are typed by `type_rule`
+    ttft: dict[str, float] = field(
+        default_factory=lambda: {"text": 0.25, "image": 0.5, "search": 4.0, "file": 6.0}
+    )
+    tbt: dict[str, float] = field(
+        default_factory=lambda: {"text": 0.1, "image": 0.1, "search": 0.2, "file": 0.2}
+    )
+    type_rule: str = "by_length"  # by_length | mix
+    # bands: class -> share of requests and the [lo, hi] multiple of the isolated TTFT
+    bands: dict[str, Any] = field(
+        default_factory=lambda: {
+            "urgent": {"share": 0.3, "lo": 1.2, "hi": 2.0},
+            "relaxed": {"share": 0.7, "lo": 3.0, "hi": 10.0},
+        }
+    )
+    tbt_default: float = 0.2
+
+
+# --------------------------------------------------------------------------- serving / runs
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    default_slo_class: str = "default"
+    class_ttft: dict[str, float] = field(
+        default_factory=lambda: {"default": 10.0, "urgent": 0.25, "relaxed": 4.0}
+    )
+
+
+@dataclass(frozen=True)
+class LoggerConfig:
+    kind: str = "json"  # json | wandb | none
+    project: str = "flowprefill"
+    mode: str = "offline"  # wandb mode
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    switch_overhead: float = 0.0  # seconds charged when the running job changes
+    schedule_overhead: float = 0.0  # seconds charged per scheduler call
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def _is_schema(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+@functools.cache
+def _schema(cls: type) -> type:
+    """A mutable twin of frozen dataclass `cls` for Hydra to compose onto."""
+    hints = typing.get_type_hints(cls)
+    fields = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        tp = _schema(tp) if _is_schema(tp) else tp
+        if f.default is not dataclasses.MISSING:
+            spec = field(default=f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            spec = field(default_factory=f.default_factory)
+        else:
+            spec = field()
+        fields.append((f.name, tp, spec))
+    return dataclasses.make_dataclass(cls.__name__, fields)
+
+
+def from_hydra(cls: type, cfg: Any) -> Any:
+    """Build frozen dataclass `cls` from a composed (Dict)Config or a plain dict."""
+    from omegaconf import DictConfig, OmegaConf
+
+    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        tp = hints[f.name]
+        kwargs[f.name] = from_hydra(tp, value) if _is_schema(tp) and value is not None else value
+    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise KeyError(f"{cls.__name__}: unknown config key(s) {sorted(unknown)}")
+    return cls(**kwargs)
+
+
+GROUPS: dict[str, type] = {
+    "model": ModelConfig,
+    "engine": EngineConfig,
+    "policy": PolicyConfig,
+    "hardware": HardwareConfig,
+    "predictor": PredictorConfig,
+    "workload": WorkloadConfig,
+    "slo": SLOConfig,
+    "server": ServerConfig,
+    "logger": LoggerConfig,
+    "sim": SimConfig,
+}
+
+
+def register_configs() -> None:
+    """Register each group's schema as `<group>/<group>_schema`, and the entry-point roots."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    for group, cls in GROUPS.items():
+        cs.store(group=group, name=f"{group}_schema", node=_schema(cls))
