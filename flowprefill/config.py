@@ -1,4 +1,4 @@
-"""Config schemas: frozen dataclasses, registered in Hydra's ConfigStore as the YAML groups' schemas.
+"""Config schemas: frozen dataclasses, registered in Hydra's ConfigStore as the groups' schemas.
 
 Owns the typed shape of every config group (`conf/<group>/*.yaml` starts from `<group>_schema`).
 Only entry points see Hydra: they call `from_hydra(Cls, cfg)` once and pass typed objects on.
@@ -82,6 +82,7 @@ class PolicyConfig:
     token_bound: int = 2048
     alpha: float = 0.1
     drop: str = "demote"  # demote | moore_hodgson: what to do with requests predicted to miss
+    reject: bool = False  # reject dropped requests instead of ranking them last
     class_priority: dict[str, int] = field(default_factory=dict)  # order=priority: lower first
 
 
@@ -95,6 +96,7 @@ class HardwareConfig:
     bytes_per_param: int = 4
     half_efficiency_tokens: int = 64  # tokens at which matmul efficiency reaches half of peak
     op_overhead: float = 2.0e-5  # fixed seconds per operator launch
+    max_efficiency: float = 1.0  # fraction of peak_flops large GEMMs reach
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ class PredictorConfig:
 @dataclass(frozen=True)
 class WorkloadConfig:
     name: str = "qwen_like"
-    format: str = "synthetic"  # qwen | azure | mooncake | canonical | synthetic
+    format: str = "synthetic"  # qwen | azure | mooncake | canonical | auto | synthetic
     path: str | None = None
     rate_scale: float = 1.0  # divides inter-arrival gaps
     start: float | None = None  # window start, seconds from the trace's first request
@@ -138,6 +140,14 @@ class SLOConfig:
         default_factory=lambda: {"text": 0.1, "image": 0.1, "search": 0.2, "file": 0.2}
     )
     type_rule: str = "by_length"  # by_length | mix
+    # by_length: each type's inclusive upper bound on prompt tokens (longer: the largest bound's)
+    length_types: dict[str, int] = field(
+        default_factory=lambda: {"text": 1024, "search": 4096, "file": 16384}
+    )
+    # mix: an exact, seeded share per type (Qwen-Bailian's published type mix)
+    type_mix: dict[str, float] = field(
+        default_factory=lambda: {"text": 0.69, "image": 0.07, "search": 0.20, "file": 0.03}
+    )
     # bands: class -> share of requests and the [lo, hi] multiple of the isolated TTFT
     bands: dict[str, Any] = field(
         default_factory=lambda: {
@@ -167,12 +177,16 @@ class LoggerConfig:
     kind: str = "json"  # json | wandb | none
     project: str = "flowprefill"
     mode: str = "offline"  # wandb mode
+    name: str | None = None  # wandb run name; None: wandb's default
+    group: str | None = None  # wandb group, e.g. an experiment's name
 
 
 @dataclass(frozen=True)
 class SimConfig:
     switch_overhead: float = 0.0  # seconds charged when the running job changes
     schedule_overhead: float = 0.0  # seconds charged per scheduler call
+    num_kv_blocks: int = 0  # KV pool of the simulated prefill worker; 0 = unlimited
+    block_size: int = 16  # tokens per KV block
 
 
 # --------------------------------------------------------------------------- conversion
