@@ -26,7 +26,7 @@ class SamplingFields(BaseModel):
     temperature: float = Field(default=1.0, ge=0.0, le=10.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int | None = None
-    stop: str | list[str] | None = None
+    stop: str | list[str] | None = Field(default=None, validate_default=True)
     stream: bool = False
     n: int = Field(default=1, ge=1, le=1)
     ignore_eos: bool = False

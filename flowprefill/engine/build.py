@@ -1,0 +1,27 @@
+"""Assembling an engine from typed configs (used by serve.py, runners and tests)."""
+
+from __future__ import annotations
+
+from flowprefill.config import (
+    EngineConfig,
+    HardwareConfig,
+    ModelConfig,
+    PolicyConfig,
+    PredictorConfig,
+)
+from flowprefill.engine.local import LocalEngine
+from flowprefill.executor import ModelRunner
+from flowprefill.model.tokenizer import load_tokenizer
+from flowprefill.predictor import make_predictor
+
+
+def build_local_engine(model: ModelConfig, engine: EngineConfig, policy: PolicyConfig,
+                       predictor: PredictorConfig, hardware: HardwareConfig,
+                       max_decode_batch: int = 64) -> LocalEngine:
+    """A colocated engine, not yet started. The predictor prices the resolved model (a
+    checkpoint's config.json wins over the preset)."""
+    runner = ModelRunner(model, engine)
+    resolved = runner.model_cfg
+    return LocalEngine(runner, load_tokenizer(resolved), policy,
+                       make_predictor(predictor, resolved, hardware), model.name,
+                       max_decode_batch)

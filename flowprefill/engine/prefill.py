@@ -1,0 +1,159 @@
+"""The prefill engine loop: the only place where scheduler, executor and clock meet.
+
+One thread owns the model runner's prefill side and the scheduler. Between two units of the
+running job it checks an event queue, but only where the policy's granularity allows a switch
+(every operator, every layer, every chunk, or at completion); empty means keep going. An
+event, or the completion of the running job, calls the scheduler; its decision may suspend
+the running job (its state just stays in its `PrefillJob`), start a new one or resume one.
+No timers, no polling, no per-unit scheduler call. Policy logic lives in the scheduler.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable
+
+from flowprefill.core import Abort, Boundary, Clock, Completion, Decision, Granularity
+from flowprefill.core import Event as SchedulerEvent
+from flowprefill.engine.api import SamplingParams
+from flowprefill.engine.streams import OutputStream
+from flowprefill.executor import ModelRunner, PrefillJob
+from flowprefill.kvcache import OutOfBlocksError
+from flowprefill.scheduler import Scheduler
+
+_STOP = object()
+GREEDY = SamplingParams(max_tokens=1, temperature=0.0)
+
+
+class PrefillEngine:
+    def __init__(self, runner: ModelRunner, scheduler: Scheduler, clock: Clock,
+                 streams: dict[str, OutputStream],
+                 on_prefilled: Callable[[OutputStream, int], None]) -> None:
+        self.runner, self.scheduler, self.clock = runner, scheduler, clock
+        self.granularity = scheduler.granularity
+        self.streams = streams
+        self.on_prefilled = on_prefilled  # (stream, first token) -> hand to decode
+        self.eos = runner.model_cfg.eos_token_id
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.jobs: dict[int, PrefillJob] = {}  # running and suspended jobs
+        self.current: PrefillJob | None = None
+        self._switch_since: float | None = None  # event time that asked for a switch
+        self.preemption_latencies: deque[float] = deque(maxlen=10_000)
+        self.preemptions = 0
+        self.scheduler_calls = 0
+        self.thread = threading.Thread(target=self._loop, name="prefill-engine", daemon=True)
+
+    # ------------------------------------------------------------------ other threads
+    def submit(self, event: SchedulerEvent) -> None:
+        self.events.put((event, self.clock.now()))
+
+    def stop(self) -> None:
+        self.events.put((_STOP, 0.0))
+        self.thread.join()
+
+    # ------------------------------------------------------------------ the loop
+    def _loop(self) -> None:
+        while True:
+            if self.current is None:  # idle: sleep until something happens
+                if not self._handle(*self.events.get()):
+                    return
+            while not self.events.empty():  # between two units: one cheap check
+                if not self._handle(*self.events.get_nowait()):
+                    return
+            job = self.current
+            if job is None:
+                continue
+            if self._switch_since is not None:
+                self._started_after_switch(job)
+            self._run_to_point(job)
+            if job.done:
+                self._complete(job)
+            elif job.chunked:
+                self._handle(Boundary(job.job_id), self.clock.now())
+
+    def _run_to_point(self, job: PrefillJob) -> None:
+        """Run units until the next point where this policy may switch jobs."""
+        if self.granularity is Granularity.NONE:
+            job.run()
+        else:
+            job.run_until_preemption_point()
+
+    # ------------------------------------------------------------------ events
+    def _handle(self, event: object, at: float) -> bool:
+        if event is _STOP:
+            return False
+        self.scheduler_calls += 1
+        self._apply(self.scheduler.on_event(event, self.clock.now()), at)
+        return True
+
+    def _apply(self, d: Decision, at: float) -> None:
+        now = self.clock.now()
+        for job_id in d.drop:
+            job = self.jobs.pop(job_id, None)
+            if job is not None:
+                job.abort()  # frees every KV block of the job
+                if job is self.current:
+                    self.current = None
+        for rid in d.rejected:
+            stream = self.streams.get(rid)
+            if stream is not None:
+                stream.fail("predicted to miss its TTFT SLO; refused", now, "rejected")
+        for job_id in d.suspend:
+            self.preemptions += 1
+            for r in self.jobs[job_id].job.requests:
+                if (s := self.streams.get(r.request_id)) is not None:
+                    s.record.preemptions += 1
+        previous = self.current
+        if d.run is None:
+            self.current = None
+        elif d.run.job_id in self.jobs:
+            self.current = self.jobs[d.run.job_id]
+        else:
+            self.current = self._start(d, now)
+        if previous is not None and self.current is not previous and not previous.done:
+            self._switch_since = at
+
+    def _start(self, d: Decision, now: float) -> PrefillJob | None:
+        try:
+            job = self.runner.prefill_job(d.run, granularity=self.granularity)
+        except OutOfBlocksError as e:  # the decode side took blocks since the decision
+            for r in d.run.requests:
+                if (s := self.streams.get(r.request_id)) is not None:
+                    s.fail(str(e), now)
+                self.scheduler.on_event(Abort(r.request_id), now)
+            return None
+        self.jobs[job.job_id] = job
+        return job
+
+    def _started_after_switch(self, job: PrefillJob) -> None:
+        latency = self.clock.now() - self._switch_since
+        self._switch_since = None
+        self.preemption_latencies.append(latency)
+        for r in job.job.requests:
+            if (s := self.streams.get(r.request_id)) is not None:
+                s.record.preemption_latencies.append(latency)
+
+    def _complete(self, job: PrefillJob) -> None:
+        """Sample each request's first token; finished ones free their KV, others go on."""
+        del self.jobs[job.job_id]
+        self.current = None
+        streams = [self.streams.get(r.request_id) for r in job.job.requests]
+        params = [s.sampling if s else GREEDY for s in streams]
+        firsts = job.sample(params, [s.generator if s else None for s in streams])
+        now = self.clock.now()
+        for r, stream, token in zip(job.job.requests, streams, firsts, strict=True):
+            if stream is None or stream.aborted:
+                self.runner.free(r.request_id)
+            elif stream.token(token, now, self.eos):
+                self.runner.free(r.request_id)
+            else:
+                self.on_prefilled(stream, token)
+        self._handle(Completion(job.job_id), now)
+
+    # ------------------------------------------------------------------ stats
+    @property
+    def num_suspended(self) -> int:
+        return len(self.jobs) - (self.current is not None)
+
