@@ -1,0 +1,172 @@
+"""Scheduler scenarios with exact expected outcomes (no simulator: events fed by hand)."""
+
+from __future__ import annotations
+
+import pytest
+
+from flowprefill.core import Abort, Arrival, Boundary, Completion, RequestState
+from flowprefill.scheduler import ORDERS, BlockBudget, Scheduler, moore_hodgson
+from tests.test_scheduler_helpers import UnitPredictor, cost, policy, req
+
+
+def ids(job):
+    return None if job is None else job.request_ids
+
+
+def test_orders_registry():
+    assert set(ORDERS) >= {"fcfs", "edf", "sedf", "priority"}
+    with pytest.raises(ValueError, match="unknown order"):
+        Scheduler(policy(order="nope"), UnitPredictor())
+
+
+@pytest.mark.parametrize(
+    ("gran", "switches"), [("operator", True), ("layer", True), ("none", False), ("chunk", False)]
+)
+def test_urgent_arrival_preempts_only_at_operator_or_layer(gran, switches):
+    s = Scheduler(policy(granularity=gran, chunk_size=4096), UnitPredictor())
+    d = s.on_event(Arrival(req("long", 0.0, 1000, 10.0)), 0.0)
+    assert ids(d.run) == ("long",)
+    long_job = d.run
+    long_job.ops_done = 2  # the engine got that far
+    d = s.on_event(Arrival(req("short", 0.05, 100, 0.2)), 0.101)
+    if switches:
+        assert ids(d.run) == ("short",) and d.suspend == (long_job.job_id,)
+        assert s.num_suspended == 1 and long_job.requests[0].state == RequestState.SUSPENDED
+        d = s.on_event(Completion(d.run.job_id), 0.143)
+        assert d.run is long_job and long_job.ops_done == 2  # resumed at its cursor
+    else:
+        assert d.run is long_job and d.suspend == ()
+
+
+def test_fcfs_order_never_preempts_for_a_later_arrival():
+    s = Scheduler(policy(order="fcfs", granularity="operator"), UnitPredictor())
+    first = s.on_event(Arrival(req("long", 0.0, 1000, 10.0)), 0.0).run
+    d = s.on_event(Arrival(req("short", 0.05, 100, 0.2)), 0.101)
+    assert d.run is first and d.suspend == ()
+
+
+@pytest.mark.parametrize(("order", "switches"), [("sedf", True), ("fcfs", False)])
+def test_chunked_switches_at_a_chunk_boundary(order, switches):
+    s = Scheduler(policy(order=order, granularity="chunk", chunk_size=250), UnitPredictor())
+    job = s.on_event(Arrival(req("long", 0.0, 1000, 10.0)), 0.0).run
+    assert job.chunk_size == 250
+    assert s.on_event(Arrival(req("short", 0.05, 100, 0.2)), 0.05).run is job  # mid-chunk
+    job.tokens_done = 250
+    d = s.on_event(Boundary(job.job_id), 0.102)
+    if switches:
+        assert ids(d.run) == ("short",) and d.suspend == (job.job_id,)
+        assert d.run.chunk_size is None  # fits in one chunk: a whole-prompt job
+    else:
+        assert d.run is job
+
+
+def _scheduler_with_blocker(**kw):
+    """A scheduler busy with a non-preemptible job 'x' (granularity none)."""
+    s = Scheduler(policy(granularity="none", **kw), UnitPredictor(), kw.pop("kv", None))
+    x = s.on_event(Arrival(req("x", 0.0, 100, 10.0)), 0.0).run
+    return s, x
+
+
+def test_slo_aware_batching_forms_exactly_the_allowed_batch():
+    s, x = _scheduler_with_blocker(batching=True, token_bound=300, alpha=0.1)
+    now = 1.0
+    # head a: deadline - now = 0.2 >= alpha * SLO = 0.1 (not urgent)
+    s.on_event(Arrival(req("a", 0.2, 100, 1.0)), 0.2)
+    s.on_event(Arrival(req("b", 0.3, 250, 5.0)), 0.3)  # a+b = 350 > token_bound
+    s.on_event(Arrival(req("c", 0.4, 150, 5.0)), 0.4)  # a+c: slack 0.2 - cost(250) < 0.1
+    s.on_event(Arrival(req("d", 0.5, 50, 5.0)), 0.5)  # a+d: slack 0.2 - cost(150) >= 0.1
+    s.on_event(Arrival(req("e", 0.6, 40, 5.0)), 0.6)  # a+d+e: slack 0.2 - cost(190) = 0.122
+    assert 0.2 - cost(250) < 0.1 <= 0.2 - cost(190)
+    d = s.on_event(Completion(x.job_id), now)
+    assert ids(d.run) == ("a", "d", "e")
+    assert s.num_waiting == 2
+
+
+def test_urgent_head_runs_alone():
+    s, x = _scheduler_with_blocker(batching=True, token_bound=2048, alpha=0.1)
+    s.on_event(Arrival(req("a", 0.0, 100, 1.05)), 0.1)  # deadline - now = 0.05 < 0.105
+    s.on_event(Arrival(req("b", 0.2, 100, 5.0)), 0.2)
+    assert ids(s.on_event(Completion(x.job_id), 1.0).run) == ("a",)
+
+
+def test_alpha_zero_is_plain_token_budget_batching():
+    s, x = _scheduler_with_blocker(order="fcfs", batching=True, token_bound=300, alpha=0.0)
+    for i, n in enumerate((100, 250, 150, 50, 40)):
+        s.on_event(Arrival(req(f"r{i}", 0.1 * i, n, 0.01)), 0.1 * i)  # all hopeless: ignored
+    assert ids(s.on_event(Completion(x.job_id), 1.0).run) == ("r0", "r2", "r3")
+
+
+def test_request_waits_until_its_kv_blocks_are_free():
+    kv = BlockBudget(20, block_size=16)
+    held = kv.allocate(160)  # 10 blocks pinned by some other job
+    s = Scheduler(policy(granularity="none"), UnitPredictor(), kv)
+    d = s.on_event(Arrival(req("big", 0.0, 200, 10.0)), 0.0)  # needs 13 blocks
+    assert d.run is None and s.num_waiting == 1
+    d = s.on_event(Arrival(req("small", 0.1, 100, 10.0)), 0.1)  # 7 blocks: fits, goes first
+    assert ids(d.run) == ("small",)
+    kv.allocate(100)
+    d = s.on_event(Arrival(req("huge", 0.2, 400, 10.0)), 0.2)  # 25 > 20 blocks: never fits
+    assert d.rejected == ("huge",)
+    kv.free(held)
+    kv.free(7)
+    assert ids(s.on_event(Completion(d.run.job_id), 0.5).run) == ("big",)
+
+
+def test_hopeless_requests_are_demoted():
+    for order, first in (("sedf", "ok"), ("edf", "hopeless")):
+        s, x = _scheduler_with_blocker(order=order)
+        s.on_event(Arrival(req("hopeless", 0.0, 1000, 1.1)), 0.0)  # needs 0.402 s by 1.1
+        s.on_event(Arrival(req("ok", 0.0, 100, 2.0)), 0.0)
+        d = s.on_event(Completion(x.job_id), 0.9)
+        assert ids(d.run) == (first,), order
+
+
+def test_moore_hodgson_function():
+    # EDF alone meets 1 of 3 (5, 7 > 6, 9 > 7); dropping the longest meets 2.
+    items = [(5.0, 5.0, "j1"), (6.0, 2.0, "j2"), (7.0, 2.0, "j3")]
+    assert moore_hodgson(items, start=0.0) == ["j1"]
+    assert moore_hodgson(items, start=-10.0) == []
+
+
+@pytest.mark.parametrize("reject", [False, True])
+def test_moore_hodgson_drops_the_longest(reject):
+    s, x = _scheduler_with_blocker(drop="moore_hodgson", reject=reject)
+    now = 1.0
+    # costs: j1 0.402, j2 0.042, j3 0.042; each alone feasible, j1 first makes j2/j3 miss
+    s.on_event(Arrival(req("j1", 0.5, 1000, now - 0.5 + 0.41)), 0.5)
+    s.on_event(Arrival(req("j2", 0.5, 100, now - 0.5 + 0.42)), 0.5)
+    s.on_event(Arrival(req("j3", 0.5, 100, now - 0.5 + 0.43)), 0.5)
+    d = s.on_event(Completion(x.job_id), now)
+    assert ids(d.run) == ("j2",)
+    assert d.rejected == (("j1",) if reject else ())
+    assert s.queue.is_demoted("j1") is (not reject)
+    # plain S-EDF (demote) runs j1 first: nobody is individually hopeless
+    s2, x2 = _scheduler_with_blocker()
+    for r in ("j1", "j2", "j3"):
+        n = 1000 if r == "j1" else 100
+        s2.on_event(Arrival(req(r, 0.5, n, {"j1": 0.91, "j2": 0.92, "j3": 0.93}[r])), 0.5)
+    assert ids(s2.on_event(Completion(x2.job_id), now).run) == ("j1",)
+
+
+def test_abort_waiting_and_running():
+    s = Scheduler(policy(), UnitPredictor())
+    job = s.on_event(Arrival(req("a", 0.0, 100, 1.0)), 0.0).run
+    s.on_event(Arrival(req("b", 0.0, 100, 5.0)), 0.0)
+    assert s.on_event(Abort("b"), 0.01).run is job and s.num_waiting == 0
+    d = s.on_event(Abort("a"), 0.02)
+    assert d.drop == (job.job_id,) and d.run is None
+
+
+def test_priority_order():
+    p = policy(order="priority", granularity="none", class_priority={"urgent": 0, "relaxed": 1})
+    s = Scheduler(p, UnitPredictor())
+    x = s.on_event(Arrival(req("x", 0.0, 100, 10.0)), 0.0).run
+    s.on_event(Arrival(req("r", 0.1, 100, 0.5, "relaxed")), 0.1)
+    s.on_event(Arrival(req("o", 0.2, 100, 0.5, "other")), 0.2)
+    s.on_event(Arrival(req("u", 0.3, 100, 9.0, "urgent")), 0.3)
+    order = []
+    d = s.on_event(Completion(x.job_id), 1.0)
+    while d.run is not None:
+        order.append(d.run.request_ids[0])
+        d = s.on_event(Completion(d.run.job_id), 1.0)
+    assert order == ["u", "r", "o"]
