@@ -1,0 +1,70 @@
+"""Every config group option composes and converts to its typed schema; typos name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError
+
+from flowprefill.config import GROUPS, from_hydra, register_configs
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+ROOTS = sorted(p.stem for p in CONF.glob("*.yaml"))
+OPTIONS = [(g, p.stem) for g in sorted(GROUPS) if (CONF / g).is_dir()
+           for p in sorted((CONF / g).glob("*.yaml"))]
+
+register_configs()
+
+
+@pytest.fixture(scope="module")
+def conf_dir():
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        yield
+
+
+@pytest.mark.parametrize("root", ROOTS)
+def test_root_composes_and_converts(conf_dir, root):
+    cfg = compose(config_name=root)
+    for group, cls in GROUPS.items():
+        if group in cfg:
+            assert isinstance(from_hydra(cls, cfg[group]), cls)
+
+
+@pytest.mark.parametrize("group,option", OPTIONS)
+def test_every_group_option(conf_dir, group, option):
+    root = "config" if group in compose(config_name="config") else "simulate"
+    cfg = compose(config_name=root, overrides=[f"{group}={option}"])
+    obj = from_hydra(GROUPS[group], cfg[group])
+    field = dataclasses.fields(obj)[0].name
+    with pytest.raises(dataclasses.FrozenInstanceError):  # nothing writes back into a config
+        setattr(obj, field, None)
+
+
+def test_serve_defaults_are_the_documented_ones(conf_dir):
+    cfg = compose(config_name="config")
+    assert cfg.model.name == "tiny" and cfg.model.arch == "qwen2"
+    assert cfg.engine.device == "cpu"
+    assert cfg.policy.name == "flowprefill"
+    assert (cfg.server.host, cfg.server.port) == ("127.0.0.1", 8000)
+
+
+@pytest.mark.parametrize("override,key", [
+    ("engine.devcie=cuda", "devcie"),
+    ("policy.chunk_sise=512", "chunk_sise"),
+    ("model.num_layers=two", "num_layers"),
+])
+def test_typo_or_bad_type_names_the_key(conf_dir, override, key):
+    with pytest.raises((ConfigCompositionException, ConfigKeyError, ValueError)) as e:
+        compose(config_name="config", overrides=[override])
+    assert key in str(e.value) + str(e.value.__cause__)
+
+
+def test_unknown_key_in_plain_dict_is_named():
+    from flowprefill.config import EngineConfig
+
+    with pytest.raises(KeyError, match="threadz"):
+        from_hydra(EngineConfig, {"threadz": 2})
