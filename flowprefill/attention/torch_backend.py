@@ -1,0 +1,63 @@
+"""The `torch` attention backend: PyTorch SDPA, on CPU and CUDA.
+
+Fresh prefill segments attend over their own contiguous k/v with `is_causal` (no gather from
+the pool); segments with cached context gather their keys from the pool by slot and use a
+bottom-right-aligned causal mask; decode pads the batch to the longest context.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from flowprefill.attention.base import DecodeMeta, PrefillMeta
+from flowprefill.kvcache.pool import KVPool
+
+
+class TorchBackend:
+    name = "torch"
+
+    def prefill(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                meta: PrefillMeta, pool: KVPool) -> torch.Tensor:
+        pool.write(layer, meta.slots, k, v)
+        if len(meta.segments) == 1 and meta.segments[0].ctx == 0:
+            return _causal(q, k, v)  # the common single-request fresh prefill: no copies
+        out = torch.empty_like(q)  # [T, nh, hd]
+        for seg in meta.segments:
+            rows = slice(seg.row, seg.row + seg.num)
+            if seg.ctx == 0:
+                out[rows] = _causal(q[rows], k[rows], v[rows])
+            else:
+                kc, vc = pool.gather(layer, seg.kv_slots)  # [ctx + num, kvh, hd]
+                # query i sits at position ctx + i and sees keys 0 .. ctx + i
+                mask = torch.ones(seg.num, seg.ctx + seg.num, dtype=torch.bool,
+                                  device=q.device).tril(diagonal=seg.ctx)
+                o = F.scaled_dot_product_attention(
+                    _heads_first(q[rows]), _heads_first(kc), _heads_first(vc),
+                    attn_mask=mask, enable_gqa=True)
+                out[rows] = o[0].transpose(0, 1)
+        return out
+
+    def decode(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               meta: DecodeMeta, pool: KVPool) -> torch.Tensor:
+        pool.write(layer, meta.slots, k, v)
+        kc, vc = pool.gather(layer, meta.ctx_slots)  # [B, Lmax, kvh, hd]
+        o = F.scaled_dot_product_attention(
+            q[:, :, None, :],  # [B, nh, 1, hd]
+            kc.transpose(1, 2), vc.transpose(1, 2),  # [B, kvh, Lmax, hd]
+            attn_mask=meta.mask, enable_gqa=True)
+        return o[:, :, 0, :]  # [B, nh, hd]
+
+
+def _causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """q [T, nh, hd], k/v [T, kvh, hd] -> causal attention [T, nh, hd]."""
+    o = F.scaled_dot_product_attention(
+        _heads_first(q), _heads_first(k), _heads_first(v), is_causal=True, enable_gqa=True)
+    return o[0].transpose(0, 1)
+
+
+def _heads_first(x: torch.Tensor) -> torch.Tensor:
+    """[T, heads, hd] -> [1, heads, T, hd] (a view). The batch dim matters: SDPA on CPU takes
+    its fused (flash) kernel only for 4-D inputs and falls back to the O(T^2)-memory math path
+    for 3-D ones."""
+    return x.transpose(0, 1)[None]

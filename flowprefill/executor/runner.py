@@ -1,0 +1,113 @@
+"""The model runner of one worker: the model, the KV pool, the block manager, the backend.
+
+Creates prefill jobs from the scheduler's `core.Job` (allocating their KV up front: a job
+that cannot get its blocks raises `OutOfBlocksError` and holds nothing), runs batched decode
+steps over paged KV, and frees sequences. Must not know about policies, events or clocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from flowprefill.attention import make_backend
+from flowprefill.config import EngineConfig, ModelConfig
+from flowprefill.core.job import Granularity, Job
+from flowprefill.executor.batch import build_decode_batch
+from flowprefill.executor.prefill_job import PrefillJob
+from flowprefill.kvcache import BlockManager, KVPool, OutOfBlocksError
+from flowprefill.model import Decoder, load_model
+from flowprefill.model.loading import DTYPES
+
+
+class ModelRunner:
+    def __init__(self, model_cfg: ModelConfig, engine_cfg: EngineConfig,
+                 model: Decoder | None = None) -> None:
+        if engine_cfg.threads > 0 and engine_cfg.device == "cpu":
+            torch.set_num_threads(engine_cfg.threads)
+        self.engine_cfg = engine_cfg
+        self.model = model or load_model(model_cfg, engine_cfg.device, engine_cfg.dtype,
+                                         engine_cfg.compile)
+        cfg = self.model_cfg = self.model.cfg  # resolved (a checkpoint's config.json wins)
+        self.blocks = BlockManager(engine_cfg.num_kv_blocks, engine_cfg.block_size)
+        self.pool = KVPool(cfg.num_layers, engine_cfg.num_kv_blocks, engine_cfg.block_size,
+                           cfg.num_kv_heads, cfg.dim_head, DTYPES[engine_cfg.dtype],
+                           engine_cfg.device)
+        self.backend = make_backend(engine_cfg.attention)
+
+    # ------------------------------------------------------------------ prefill
+    def prefill_job(self, job: Job, token_ids: Sequence[Sequence[int]] | None = None, *,
+                    granularity: Granularity | str | None = None,
+                    max_op_tokens: int | None = None) -> PrefillJob:
+        """An executable job for `job`; token ids default to each request's prompt_token_ids.
+
+        Allocates KV blocks for every full prompt now (all or nothing).
+        """
+        if token_ids is None:
+            if any(r.prompt_token_ids is None for r in job.requests):
+                raise ValueError(f"job {job.job_id}: requests carry no prompt_token_ids")
+            token_ids = [r.prompt_token_ids for r in job.requests]
+        ids = [list(t) for t in token_ids]
+        if len(ids) != len(job.requests) or any(
+                len(t) != r.prompt_len for t, r in zip(ids, job.requests, strict=True)):
+            raise ValueError(f"job {job.job_id}: token ids do not match the requests' lengths")
+        too_long = [r.request_id for r in job.requests
+                    if r.prompt_len > self.model_cfg.max_position]
+        if too_long:
+            raise ValueError(f"prompts longer than max_position "
+                             f"{self.model_cfg.max_position}: {too_long}")
+        if granularity is None:
+            granularity = Granularity.CHUNK if job.chunk_size else self.engine_cfg.granularity
+        self._allocate(job.request_ids, [len(t) for t in ids])
+        return PrefillJob(self, job, ids, Granularity(granularity),
+                          self.engine_cfg.max_op_tokens if max_op_tokens is None
+                          else max_op_tokens)
+
+    def _allocate(self, seq_ids: Sequence[str], lengths: Sequence[int]) -> None:
+        if dup := [s for s in seq_ids if self.blocks.has(s)]:
+            raise ValueError(f"sequences already hold KV blocks: {dup}")
+        need = sum(self.blocks.blocks_needed(n) for n in lengths)
+        if need > self.blocks.num_free:
+            raise OutOfBlocksError(need, self.blocks.num_free)
+        for s, n in zip(seq_ids, lengths, strict=True):
+            self.blocks.allocate(s, n)
+
+    # ------------------------------------------------------------------ decode
+    def decode(self, seq_ids: Sequence[str], token_ids: Sequence[int]) -> torch.Tensor:
+        """Append one token to each sequence and return next-token logits [B, V].
+
+        Sequence b's new token goes at position `num_tokens(b)`; its KV slot is allocated here.
+        """
+        bm = self.blocks
+        need = sum(bm.blocks_needed(bm.num_tokens(s) + 1) - len(bm.block_table(s))
+                   for s in seq_ids)
+        if need > bm.num_free:
+            raise OutOfBlocksError(need, bm.num_free)
+        positions = [bm.num_tokens(s) for s in seq_ids]
+        if max(positions) >= self.model_cfg.max_position:
+            raise ValueError(f"decode past max_position {self.model_cfg.max_position}")
+        for s in seq_ids:
+            bm.append(s, 1)
+        batch = build_decode_batch(self.model, list(token_ids), positions,
+                                   [bm.block_table(s) for s in seq_ids], bm.block_size)
+
+        def attend(layer: int, q, k, v):
+            return self.backend.decode(layer, q, k, v, batch.meta, self.pool)
+
+        hidden = self.model.forward(batch.token_ids, batch.positions, None, attend)  # [B, H]
+        return self.model.head(hidden)
+
+    # ------------------------------------------------------------------ KV ownership
+    def free(self, seq_id: str) -> None:
+        """Release a sequence's KV blocks (finished, aborted, or handed to another worker)."""
+        self.blocks.free(seq_id)
+
+    def kv(self, seq_id: str, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of a sequence's cached K and V of one layer, each [num_tokens, kvh, hd]."""
+        n = self.blocks.num_tokens(seq_id)
+        table = torch.tensor(self.blocks.block_table(seq_id), dtype=torch.int64)
+        pos = torch.arange(n)
+        slots = (table[pos // self.blocks.block_size] * self.blocks.block_size
+                 + pos % self.blocks.block_size).to(self.pool.kv.device)
+        return self.pool.gather(layer, slots)

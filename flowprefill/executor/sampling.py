@@ -1,0 +1,53 @@
+"""Turning last-position logits into tokens: greedy, temperature, top-p, per-request seeds.
+
+Each request may own a `torch.Generator` (seeded from its `seed`), so its samples do not
+depend on which other requests share the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    ignore_eos: bool = False
+
+
+def make_generator(params: SamplingParams, device: torch.device | str = "cpu"
+                   ) -> torch.Generator | None:
+    """A generator seeded from `params.seed` (None: torch's global RNG is used)."""
+    if params.seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(params.seed)
+
+
+def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Zero the tail outside the smallest set of tokens whose mass reaches top_p: [V] -> [V]."""
+    sorted_p, idx = probs.sort(descending=True)
+    drop = sorted_p.cumsum(0) - sorted_p > top_p  # keeps at least the top token
+    sorted_p = sorted_p.masked_fill(drop, 0.0)
+    return torch.zeros_like(probs).scatter_(0, idx, sorted_p)
+
+
+def sample(logits: torch.Tensor, params: Sequence[SamplingParams],
+           generators: Sequence[torch.Generator | None]) -> list[int]:
+    """logits [B, V] -> one token id per row."""
+    out = []
+    greedy = logits.argmax(dim=-1).tolist()
+    for b, p in enumerate(params):
+        if p.temperature <= 0.0:
+            out.append(greedy[b])
+            continue
+        probs = torch.softmax(logits[b].float() / p.temperature, dim=-1)  # [V]
+        if p.top_p < 1.0:
+            probs = _top_p_filter(probs, p.top_p)
+        out.append(int(torch.multinomial(probs, 1, generator=generators[b]).item()))
+    return out

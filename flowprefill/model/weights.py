@@ -1,0 +1,77 @@
+"""The parameter tensors of a decoder, and their seeded random initialization.
+
+Weights are plain tensors in dataclasses (no nn.Module): operators take them as arguments,
+which is what lets one compiled graph serve every layer. QKV and gate/up are stored fused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from flowprefill.config import ModelConfig
+
+INIT_STD = 0.02
+
+
+@dataclass
+class LayerWeights:
+    input_norm: torch.Tensor  # [H]
+    qkv_w: torch.Tensor  # [(nh + 2 kvh) hd, H]
+    qkv_b: torch.Tensor | None  # [(nh + 2 kvh) hd], Qwen2 only
+    o_w: torch.Tensor  # [H, nh hd]
+    post_norm: torch.Tensor  # [H]
+    gate_up_w: torch.Tensor  # [2 I, H] (gate rows first, then up)
+    down_w: torch.Tensor  # [H, I]
+
+
+@dataclass
+class ModelWeights:
+    embed: torch.Tensor  # [V, H]
+    layers: list[LayerWeights]
+    norm: torch.Tensor  # [H]
+    lm_head: torch.Tensor  # [V, H]; the same tensor as `embed` when tied
+
+    def to(self, device: str | torch.device, dtype: torch.dtype) -> ModelWeights:
+        def cv(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device=device, dtype=dtype)
+
+        embed = cv(self.embed)
+        head = embed if self.lm_head is self.embed else cv(self.lm_head)
+        layers = [LayerWeights(*(cv(getattr(lw, f)) for f in LayerWeights.__dataclass_fields__))
+                  for lw in self.layers]
+        return ModelWeights(embed, layers, cv(self.norm), head)
+
+
+def qkv_rows(cfg: ModelConfig) -> int:
+    return (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.dim_head
+
+
+def random_weights(cfg: ModelConfig, dtype: torch.dtype = torch.float32,
+                   device: str | torch.device = "cpu") -> ModelWeights:
+    """Normal(0, 0.02) matrices and biases, unit norms; a pure function of `cfg.seed`.
+
+    Tensors are filled in place from one CPU generator in a fixed order (fast: no nn.Linear
+    Kaiming init, no per-module overhead), then moved to the target device/dtype.
+    """
+    g = torch.Generator().manual_seed(cfg.seed)
+    h, i, hd = cfg.hidden_size, cfg.intermediate_size, cfg.dim_head
+
+    def normal(*shape: int) -> torch.Tensor:
+        return torch.empty(*shape).normal_(0.0, INIT_STD, generator=g)
+
+    embed = normal(cfg.vocab_size, h)
+    layers = []
+    for _ in range(cfg.num_layers):
+        layers.append(LayerWeights(
+            input_norm=torch.ones(h),
+            qkv_w=normal(qkv_rows(cfg), h),
+            qkv_b=normal(qkv_rows(cfg)) if cfg.attention_bias else None,
+            o_w=normal(h, cfg.num_heads * hd),
+            post_norm=torch.ones(h),
+            gate_up_w=normal(2 * i, h),
+            down_w=normal(h, i),
+        ))
+    head = embed if cfg.tie_word_embeddings else normal(cfg.vocab_size, h)
+    return ModelWeights(embed, layers, torch.ones(h), head).to(device, dtype)

@@ -1,0 +1,198 @@
+"""The resumable prefill job: op-by-op == monolithic, interleaving, chunking, slicing, abort."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from flowprefill.config import EngineConfig, ModelConfig
+from flowprefill.core import SLO, Granularity, Job, Request, ops_per_forward
+from flowprefill.executor import ModelRunner
+
+CFG = ModelConfig(name="t", vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2,
+                  num_heads=4, num_kv_heads=2, max_position=4096, tie_word_embeddings=False,
+                  eos_token_id=None, seed=3)
+ENG = EngineConfig(num_kv_blocks=256)
+NUM_OPS = ops_per_forward(CFG.num_layers)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return ModelRunner(CFG, ENG).model
+
+
+def runner(model) -> ModelRunner:
+    """A fresh pool and block manager around the shared (read-only) model."""
+    return ModelRunner(CFG, ENG, model=model)
+
+
+def prompts(lengths, seed=0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, CFG.vocab_size, (n,), generator=g).tolist() for n in lengths]
+
+
+def make_job(job_id: int, ps: list[list[int]], chunk_size: int | None = None, tag: str = "") -> Job:
+    reqs = tuple(Request(f"{tag}j{job_id}r{i}", 0.0, len(p), SLO(1.0), prompt_token_ids=tuple(p))
+                 for i, p in enumerate(ps))
+    return Job(job_id, reqs, chunk_size=chunk_size)
+
+
+def kv_of(rn: ModelRunner, seq_id: str) -> list[torch.Tensor]:
+    return [t for layer in range(CFG.num_layers) for t in rn.kv(seq_id, layer)]
+
+
+def test_op_by_op_equals_monolithic_bit_for_bit(model):
+    rn = runner(model)
+    ps = prompts([45, 3, 70])
+    mono = rn.prefill_job(make_job(0, ps))
+    ref = mono.run_monolithic()
+    job = rn.prefill_job(make_job(1, ps))
+    steps = 0
+    while not job.done:
+        assert job.job.ops_done == steps
+        job.step()
+        steps += 1
+    assert steps == NUM_OPS and job.job.ops_done == NUM_OPS and job.job.started
+    assert torch.equal(job.logits, ref)
+    for a, b in zip(mono.seq_ids, job.seq_ids, strict=True):
+        for ka, kb in zip(kv_of(rn, a), kv_of(rn, b), strict=True):
+            assert torch.equal(ka, kb)
+
+
+def test_interleaved_jobs_match_running_alone(model):
+    specs = [  # (prompts, chunk_size, max_op_tokens)
+        (prompts([60], seed=1), None, 0),
+        (prompts([17, 33], seed=2), None, 16),
+        (prompts([90], seed=3), 32, 0),
+    ]
+    alone = runner(model)
+    ref = []
+    for i, (ps, chunk, mot) in enumerate(specs):
+        j = alone.prefill_job(make_job(i, ps, chunk), max_op_tokens=mot)
+        ref.append((j.run().clone(), [kv_of(alone, s) for s in j.seq_ids]))
+    rn = runner(model)
+    rng = random.Random(1234)
+    jobs = [rn.prefill_job(make_job(i, ps, chunk, tag="x"), max_op_tokens=mot)
+            for i, (ps, chunk, mot) in enumerate(specs)]
+    switches = 0
+    while not all(j.done for j in jobs):
+        j = rng.choice([j for j in jobs if not j.done])
+        for _ in range(rng.randint(1, 4)):
+            if not j.done:
+                j.step()
+        switches += 1
+    assert switches > 10
+    for j, (logits, kvs) in zip(jobs, ref, strict=True):
+        assert torch.equal(j.logits, logits)
+        for s, kv in zip(j.seq_ids, kvs, strict=True):
+            assert all(torch.equal(a, b) for a, b in zip(kv_of(rn, s), kv, strict=True))
+
+
+@pytest.mark.parametrize("chunk_size", [16, 50, 64, 128])
+def test_chunked_prefill_matches_full(model, chunk_size):
+    rn = runner(model)
+    (p,) = prompts([150], seed=4)
+    full = rn.prefill_job(make_job(0, [p]))
+    ref = full.run()
+    job = rn.prefill_job(make_job(1, [p], chunk_size=chunk_size))
+    assert job.granularity is Granularity.CHUNK
+    n_chunks, boundaries = -(-150 // chunk_size), 0
+    while not job.done:
+        job.run_until_preemption_point()  # one whole chunk per call at CHUNK granularity
+        boundaries += 1
+        assert job.job.tokens_done == min(boundaries * chunk_size, 150)
+        assert job.job.ops_done == 0
+    assert boundaries == n_chunks
+    torch.testing.assert_close(job.logits, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(kv_of(rn, full.seq_ids[0]), kv_of(rn, job.seq_ids[0]), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("max_op_tokens", [7, 32, 100])
+def test_sliced_operators_match_unsliced(model, max_op_tokens):
+    rn = runner(model)
+    ps = prompts([40, 21, 9], seed=5)
+    ref_job = rn.prefill_job(make_job(0, ps))
+    ref = ref_job.run()
+    job = rn.prefill_job(make_job(1, ps), max_op_tokens=max_op_tokens)
+    units = 0
+    while not job.done:
+        job.step()
+        units += 1
+    slices = -(-70 // max_op_tokens)
+    assert units == (NUM_OPS - 1) * slices + 1  # every op but the head is sliced
+    assert job.job.ops_done == NUM_OPS
+    torch.testing.assert_close(job.logits, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(ref_job.seq_ids, job.seq_ids, strict=True):
+        for ka, kb in zip(kv_of(rn, a), kv_of(rn, b), strict=True):
+            torch.testing.assert_close(ka, kb, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("granularity", "units_per_call"), [
+    ("operator", [1] * NUM_OPS),
+    ("layer", [3] + [2] * (CFG.num_layers - 1) + [1]),
+    ("none", [NUM_OPS]),
+])
+def test_granularity_sets_preemption_points(model, granularity, units_per_call):
+    rn = runner(model)
+    job = rn.prefill_job(make_job(0, prompts([20])), granularity=granularity)
+    calls = []
+    while not job.done:
+        calls.append(job.run_until_preemption_point())
+    assert calls == units_per_call
+
+
+def test_abort_frees_all_blocks(model):
+    rn = runner(model)
+    free0 = rn.blocks.num_free
+    job = rn.prefill_job(make_job(0, prompts([40, 17], seed=6)))
+    assert rn.blocks.num_free == free0 - 3 - 2
+    for _ in range(3):
+        job.step()
+    job.abort()
+    assert job.done and job.aborted and rn.blocks.num_free == free0
+    assert not rn.blocks.has(job.seq_ids[0])
+    with pytest.raises(RuntimeError):
+        job.step()
+
+
+def test_job_from_core_job_uses_request_tokens_and_checks_lengths(model):
+    rn = runner(model)
+    (p,) = prompts([12])
+    req = Request("a", 0.0, 12, SLO(1.0), prompt_token_ids=tuple(p))
+    assert rn.prefill_job(Job(0, (req,))).token_ids == [p]
+    with pytest.raises(ValueError):
+        rn.prefill_job(Job(1, (Request("b", 0.0, 5, SLO(1.0)),)), [p])
+
+
+def test_decode_over_paged_kv_matches_recompute(model):
+    rn = runner(model)
+    ps = prompts([30, 5, 16], seed=7)  # block boundaries crossed while decoding
+    job = rn.prefill_job(make_job(0, ps))
+    first = job.run().argmax(-1).tolist()
+    seqs, toks, history = job.seq_ids, first, [list(p) + [t] for p, t in zip(ps, first,
+                                                                              strict=True)]
+    for _ in range(4):
+        logits = rn.decode(seqs, toks)
+        check = runner(model)
+        ref = check.prefill_job(make_job(9, history)).run()
+        torch.testing.assert_close(logits, ref, atol=1e-5, rtol=1e-5)
+        toks = logits.argmax(-1).tolist()
+        for h, t in zip(history, toks, strict=True):
+            h.append(t)
+    assert [rn.blocks.num_tokens(s) for s in seqs] == [34, 9, 20]
+
+
+def test_prefill_job_rejects_reused_ids_and_overlong_prompts(model):
+    rn = runner(model)
+    (p,) = prompts([10])
+    rn.prefill_job(make_job(0, [p]))
+    free = rn.blocks.num_free
+    with pytest.raises(ValueError, match="already hold"):
+        rn.prefill_job(make_job(0, [p]))  # same request ids
+    assert rn.blocks.num_free == free
+    long = [0] * (CFG.max_position + 1)
+    with pytest.raises(ValueError, match="max_position"):
+        rn.prefill_job(make_job(1, [long]))
