@@ -8,6 +8,7 @@ from flowprefill.core.clock import Clock, VirtualClock, WallClock
 from flowprefill.core.events import Abort, Arrival, Boundary, Completion, Decision, Event
 from flowprefill.core.job import Granularity, Job, ops_per_forward
 from flowprefill.core.request import SLO, Request, RequestState
+from flowprefill.core.sampling import SamplingParams
 
 __all__ = [
     "SLO",
@@ -22,6 +23,7 @@ __all__ = [
     "Job",
     "Request",
     "RequestState",
+    "SamplingParams",
     "VirtualClock",
     "WallClock",
     "ops_per_forward",

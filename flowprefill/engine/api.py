@@ -9,16 +9,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from flowprefill.core import Request
+from flowprefill.core import Request, SamplingParams
 
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int = 16
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0
-    seed: int | None = None
-    ignore_eos: bool = False
+__all__ = ["EngineClient", "SamplingParams", "TokenOutput", "Tokenizer"]
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from flowprefill.config import PolicyConfig
 from flowprefill.core import Abort, Arrival, Request, WallClock
-from flowprefill.engine.api import SamplingParams, TokenOutput, Tokenizer
+from flowprefill.engine.api import SamplingParams, Tokenizer, TokenOutput
 from flowprefill.engine.decode import DecodeEngine
 from flowprefill.engine.prefill import PrefillEngine
 from flowprefill.engine.streams import OutputStream

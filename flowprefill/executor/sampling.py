@@ -7,18 +7,10 @@ depend on which other requests share the batch.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int = 16
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    seed: int | None = None
-    ignore_eos: bool = False
+from flowprefill.core import SamplingParams
 
 
 def make_generator(params: SamplingParams, device: torch.device | str = "cpu"
