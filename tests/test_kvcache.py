@@ -72,3 +72,42 @@ def test_pool_write_and_gather_by_slot():
     assert torch.equal(gk, k) and torch.equal(gv, v)
     assert pool.kv[0].abs().sum() == 0  # other layer untouched
     assert torch.equal(pool.kv[1, 0].view(4, 4, 2, 3)[2, 1], k[1])  # block 2, offset 1
+
+
+def test_multi_sequence_updates_are_all_or_nothing():
+    from flowprefill.kvcache import BlockManager, OutOfBlocksError
+
+    bm = BlockManager(num_blocks=4, block_size=16)
+    with pytest.raises(OutOfBlocksError):
+        bm.allocate_all(["a", "b"], [32, 40])  # 2 + 3 blocks > 4
+    assert bm.num_free == 4 and not bm.has("a")
+    bm.allocate_all(["a", "b"], [16, 32])  # 1 + 2 blocks
+    with pytest.raises(OutOfBlocksError):
+        bm.append_all(["a", "b"], 16)  # each needs one more block: 2 > 1 free
+    assert (bm.num_tokens("a"), bm.num_tokens("b"), bm.num_free) == (16, 32, 1)
+
+
+def test_concurrent_allocation_and_free_keep_counts_consistent():
+    import threading
+
+    from flowprefill.kvcache import BlockManager, OutOfBlocksError
+
+    bm = BlockManager(num_blocks=64, block_size=16)
+
+    def churn(tag: str) -> None:
+        for i in range(2000):
+            sid = f"{tag}{i}"
+            try:
+                bm.allocate_all([sid], [40])
+                bm.append_all([sid], 9)
+            except OutOfBlocksError:
+                continue
+            bm.free(sid)
+
+    threads = [threading.Thread(target=churn, args=(t,)) for t in "abcd"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert bm.num_free == 64
+    assert sorted(set(bm._free)) == list(range(64))  # no block lost or duplicated

@@ -16,7 +16,7 @@ from flowprefill.config import EngineConfig, ModelConfig
 from flowprefill.core.job import Granularity, Job
 from flowprefill.executor.batch import build_decode_batch
 from flowprefill.executor.prefill_job import PrefillJob
-from flowprefill.kvcache import BlockManager, KVPool, OutOfBlocksError
+from flowprefill.kvcache import BlockManager, KVPool
 from flowprefill.model import Decoder, load_model
 from flowprefill.model.loading import DTYPES
 
@@ -59,19 +59,10 @@ class ModelRunner:
                              f"{self.model_cfg.max_position}: {too_long}")
         if granularity is None:
             granularity = Granularity.CHUNK if job.chunk_size else self.engine_cfg.granularity
-        self._allocate(job.request_ids, [len(t) for t in ids])
+        self.blocks.allocate_all(job.request_ids, [len(t) for t in ids])
         return PrefillJob(self, job, ids, Granularity(granularity),
                           self.engine_cfg.max_op_tokens if max_op_tokens is None
                           else max_op_tokens)
-
-    def _allocate(self, seq_ids: Sequence[str], lengths: Sequence[int]) -> None:
-        if dup := [s for s in seq_ids if self.blocks.has(s)]:
-            raise ValueError(f"sequences already hold KV blocks: {dup}")
-        need = sum(self.blocks.blocks_needed(n) for n in lengths)
-        if need > self.blocks.num_free:
-            raise OutOfBlocksError(need, self.blocks.num_free)
-        for s, n in zip(seq_ids, lengths, strict=True):
-            self.blocks.allocate(s, n)
 
     # ------------------------------------------------------------------ decode
     def decode(self, seq_ids: Sequence[str], token_ids: Sequence[int]) -> torch.Tensor:
@@ -80,15 +71,10 @@ class ModelRunner:
         Sequence b's new token goes at position `num_tokens(b)`; its KV slot is allocated here.
         """
         bm = self.blocks
-        need = sum(bm.blocks_needed(bm.num_tokens(s) + 1) - len(bm.block_table(s))
-                   for s in seq_ids)
-        if need > bm.num_free:
-            raise OutOfBlocksError(need, bm.num_free)
         positions = [bm.num_tokens(s) for s in seq_ids]
         if max(positions) >= self.model_cfg.max_position:
             raise ValueError(f"decode past max_position {self.model_cfg.max_position}")
-        for s in seq_ids:
-            bm.append(s, 1)
+        bm.append_all(seq_ids, 1)  # all or nothing: OutOfBlocksError leaves every table as is
         batch = build_decode_batch(self.model, list(token_ids), positions,
                                    [bm.block_table(s) for s in seq_ids], bm.block_size)
 

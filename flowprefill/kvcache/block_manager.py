@@ -8,7 +8,9 @@ to the free list when its last reference goes. Must not know about tensors or sc
 
 from __future__ import annotations
 
+import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -38,6 +40,9 @@ class BlockManager:
         self._free: deque[int] = deque(range(num_blocks))
         self._refs = [0] * num_blocks
         self._seqs: dict[str, _Seq] = {}
+        # The prefill and decode loops of a colocated engine share one manager: every update
+        # holds this lock, and the *_all methods make a multi-sequence update all or nothing.
+        self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ queries
     @property
@@ -71,8 +76,33 @@ class BlockManager:
             self._refs[b] = 1
         return out
 
+    def allocate_all(self, seq_ids: Sequence[str], lengths: Sequence[int]) -> None:
+        """Allocate several new sequences at once; if any cannot be, none is."""
+        with self._lock:
+            if dup := [s for s in seq_ids if s in self._seqs]:
+                raise ValueError(f"sequences already hold KV blocks: {dup}")
+            need = sum(self.blocks_needed(n) for n in lengths)
+            if need > len(self._free):
+                raise OutOfBlocksError(need, len(self._free))
+            for s, n in zip(seq_ids, lengths, strict=True):
+                self.allocate(s, n)
+
+    def append_all(self, seq_ids: Sequence[str], num_tokens: int = 1) -> None:
+        """Grow several sequences at once; if any cannot grow, none does."""
+        with self._lock:
+            need = sum(self.blocks_needed(self._seqs[s].num_tokens + num_tokens)
+                       - len(self._seqs[s].blocks) for s in seq_ids)
+            if need > len(self._free):
+                raise OutOfBlocksError(need, len(self._free))
+            for s in seq_ids:
+                self.append(s, num_tokens)
+
     def allocate(self, seq_id: str, num_tokens: int) -> list[int]:
         """Reserve blocks for the first `num_tokens` tokens of a new sequence; all or nothing."""
+        with self._lock:
+            return self._allocate(seq_id, num_tokens)
+
+    def _allocate(self, seq_id: str, num_tokens: int) -> list[int]:
         if seq_id in self._seqs:
             raise ValueError(f"sequence {seq_id!r} already has KV blocks")
         blocks = self._take(self.blocks_needed(num_tokens))
@@ -81,6 +111,10 @@ class BlockManager:
 
     def append(self, seq_id: str, num_tokens: int = 1) -> list[int]:
         """Grow a sequence by `num_tokens`; returns the newly added block ids (often none)."""
+        with self._lock:
+            return self._append(seq_id, num_tokens)
+
+    def _append(self, seq_id: str, num_tokens: int) -> list[int]:
         seq = self._seqs[seq_id]
         need = self.blocks_needed(seq.num_tokens + num_tokens) - len(seq.blocks)
         new = self._take(need) if need > 0 else []
@@ -90,6 +124,10 @@ class BlockManager:
 
     def fork(self, seq_id: str, new_seq_id: str) -> None:
         """Share every block of `seq_id` with a new sequence (reference counts go up)."""
+        with self._lock:
+            self._fork(seq_id, new_seq_id)
+
+    def _fork(self, seq_id: str, new_seq_id: str) -> None:
         if new_seq_id in self._seqs:
             raise ValueError(f"sequence {new_seq_id!r} already has KV blocks")
         src = self._seqs[seq_id]
@@ -99,6 +137,10 @@ class BlockManager:
 
     def free(self, seq_id: str) -> None:
         """Drop a sequence; blocks whose last reference it held go back to the free list."""
+        with self._lock:
+            self._free_seq(seq_id)
+
+    def _free_seq(self, seq_id: str) -> None:
         seq = self._seqs.pop(seq_id, None)
         if seq is None:
             return
