@@ -7,6 +7,7 @@ its inbox when nothing runs. Knows nothing of prefill scheduling.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 
@@ -15,6 +16,7 @@ from flowprefill.engine.streams import OutputStream
 from flowprefill.executor import ModelRunner, sample
 from flowprefill.kvcache import OutOfBlocksError
 
+log = logging.getLogger(__name__)
 _STOP = object()
 
 
@@ -50,7 +52,11 @@ class DecodeEngine:
                 self.waiting.append(item)
             self._admit()
             if self.running:
-                self._step()
+                try:
+                    self._step()
+                except Exception as e:  # noqa: BLE001 - fail this batch, keep serving
+                    log.exception("decode step failed")
+                    self._fail_all(f"decode failed: {e}")
 
     def _admit(self) -> None:
         keep = []
@@ -60,6 +66,13 @@ class DecodeEngine:
             else:
                 keep.append((stream, tok))
         self.running, self.waiting = keep[: self.max_batch], keep[self.max_batch:]
+
+    def _fail_all(self, message: str) -> None:
+        now = self.clock.now()
+        for stream, _ in self.running:
+            stream.fail(message, now)
+            self.runner.free(stream.request.request_id)
+        self.running = []
 
     def _step(self) -> None:
         streams = [s for s, _ in self.running]
@@ -77,8 +90,9 @@ class DecodeEngine:
         now = self.clock.now()
         nxt = []
         for stream, token in zip(streams, tokens, strict=True):
-            if stream.aborted or stream.token(token, now, self.eos):
-                self.runner.free(stream.request.request_id)
-            else:
+            rid = stream.request.request_id
+            if stream.aborted:
+                self.runner.free(rid)
+            elif not stream.token(token, now, self.eos, lambda r=rid: self.runner.free(r)):
                 nxt.append((stream, token))
         self.running = nxt

@@ -10,19 +10,28 @@ No timers, no polling, no per-unit scheduler call. Policy logic lives in the sch
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections import deque
 from collections.abc import Callable
 
-from flowprefill.core import Abort, Boundary, Clock, Completion, Decision, Granularity
+from flowprefill.core import (
+    Abort,
+    Boundary,
+    Clock,
+    Completion,
+    Decision,
+    Granularity,
+    Request,
+)
 from flowprefill.core import Event as SchedulerEvent
 from flowprefill.engine.api import SamplingParams
 from flowprefill.engine.streams import OutputStream
 from flowprefill.executor import ModelRunner, PrefillJob
-from flowprefill.kvcache import OutOfBlocksError
 from flowprefill.scheduler import Scheduler
 
+log = logging.getLogger(__name__)
 _STOP = object()
 GREEDY = SamplingParams(max_tokens=1, temperature=0.0)
 
@@ -65,9 +74,15 @@ class PrefillEngine:
             job = self.current
             if job is None:
                 continue
+            if not job.job.started:
+                self._mark(job, "prefill_start")
             if self._switch_since is not None:
                 self._started_after_switch(job)
-            self._run_to_point(job)
+            try:
+                self._run_to_point(job)
+            except Exception as e:  # noqa: BLE001 - one bad job must not stop the engine
+                self._fail(job, e)
+                continue
             if job.done:
                 self._complete(job)
             elif job.chunked:
@@ -97,9 +112,8 @@ class PrefillEngine:
                 if job is self.current:
                     self.current = None
         for rid in d.rejected:
-            stream = self.streams.get(rid)
-            if stream is not None:
-                stream.fail("predicted to miss its TTFT SLO; refused", now, "rejected")
+            if (s := self.streams.get(rid)) is not None:
+                s.fail(self._why_rejected(s.request), now, "rejected")
         for job_id in d.suspend:
             self.preemptions += 1
             for r in self.jobs[job_id].job.requests:
@@ -115,15 +129,23 @@ class PrefillEngine:
         if previous is not None and self.current is not previous and not previous.done:
             self._switch_since = at
 
+    def _why_rejected(self, r: Request) -> str:
+        blocks = self.runner.blocks
+        need = blocks.blocks_needed(r.prompt_len)
+        if need > blocks.num_blocks:
+            return f"the prompt needs {need} KV blocks; the pool has {blocks.num_blocks}"
+        return "the scheduler predicts it cannot meet its TTFT SLO"
+
     def _start(self, d: Decision, now: float) -> PrefillJob | None:
         try:
             job = self.runner.prefill_job(d.run, granularity=self.granularity)
-        except OutOfBlocksError as e:  # the decode side took blocks since the decision
+        except Exception as e:  # noqa: BLE001 - e.g. the decode side took the blocks meanwhile
             for r in d.run.requests:
                 if (s := self.streams.get(r.request_id)) is not None:
-                    s.fail(str(e), now)
-                self.scheduler.on_event(Abort(r.request_id), now)
-            return None
+                    s.fail(f"prefill could not start: {e}", now)
+            for r in d.run.requests:
+                self._apply(self.scheduler.on_event(Abort(r.request_id), now), now)
+            return self.current
         self.jobs[job.job_id] = job
         return job
 
@@ -135,20 +157,38 @@ class PrefillEngine:
             if (s := self.streams.get(r.request_id)) is not None:
                 s.record.preemption_latencies.append(latency)
 
+    def _mark(self, job: PrefillJob, field: str) -> None:
+        now = self.clock.now()
+        for r in job.job.requests:
+            if (s := self.streams.get(r.request_id)) is not None:
+                setattr(s.record, field, now)
+
+    def _fail(self, job: PrefillJob, error: Exception) -> None:
+        """The job raised: fail its requests to their clients, free its state, go on."""
+        log.exception("prefill job %d failed", job.job_id)
+        job.abort()
+        self.jobs.pop(job.job_id, None)
+        self.current = None
+        now = self.clock.now()
+        for r in job.job.requests:
+            if (s := self.streams.get(r.request_id)) is not None:
+                s.fail(f"prefill failed: {error}", now)
+            self._handle(Abort(r.request_id), now)
+
     def _complete(self, job: PrefillJob) -> None:
         """Sample each request's first token; finished ones free their KV, others go on."""
         del self.jobs[job.job_id]
         self.current = None
+        self._mark(job, "prefill_end")
         streams = [self.streams.get(r.request_id) for r in job.job.requests]
         params = [s.sampling if s else GREEDY for s in streams]
         firsts = job.sample(params, [s.generator if s else None for s in streams])
         now = self.clock.now()
         for r, stream, token in zip(job.job.requests, streams, firsts, strict=True):
+            rid = r.request_id
             if stream is None or stream.aborted:
-                self.runner.free(r.request_id)
-            elif stream.token(token, now, self.eos):
-                self.runner.free(r.request_id)
-            else:
+                self.runner.free(rid)
+            elif not stream.token(token, now, self.eos, lambda rid=rid: self.runner.free(rid)):
                 self.on_prefilled(stream, token)
         self._handle(Completion(job.job_id), now)
 

@@ -8,6 +8,7 @@ decode loop every step and by the prefill loop when a prefill completes.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,8 +35,13 @@ class OutputStream:
             self.finished = True
         self.loop.call_soon_threadsafe(self.queue.put_nowait, out)
 
-    def token(self, token_id: int, now: float, eos: int | None) -> bool:
-        """Emit a generated token stamped `now`; True if it ends the request."""
+    def token(self, token_id: int, now: float, eos: int | None,
+              release: Callable[[], None] | None = None) -> bool:
+        """Emit a generated token stamped `now`; True if it ends the request.
+
+        `release` (freeing the request's KV) runs before the last output is handed over, so a
+        client that has its last token never sees the blocks still held.
+        """
         if self.num_generated == 0:
             self.record.first_token_time = now
         else:
@@ -48,6 +54,8 @@ class OutputStream:
             finish = "length"
         if finish is not None:
             self.record.finish_time = now
+            if release is not None:
+                release()
         self.put(TokenOutput(token_id, finish))
         return finish is not None
 

@@ -18,6 +18,7 @@ class RequestRecord:
     first_token_time: when the first token was produced (None: never).
     token_times: when each later token was produced, in order.
     finish_time: when the request completed (None: never, e.g. rejected or cut off).
+    prefill_start / prefill_end: when its prefill job first ran and when it completed.
     preemption_latencies: seconds from each event that asked this request's job to yield (or
         asked for a switch to it) to the first operator of the job that ran next.
     """
@@ -35,6 +36,13 @@ class RequestRecord:
     preemptions: int = 0
     preemption_latencies: list[float] = field(default_factory=list)
     rejected: bool = False
+    prefill_start: float | None = None  # first operator of its (first) prefill job
+    prefill_end: float | None = None  # its prefill job completed
+
+    @property
+    def queueing(self) -> float | None:
+        """Seconds from arrival until its prefill first ran."""
+        return None if self.prefill_start is None else self.prefill_start - self.arrival
 
     @property
     def ttft(self) -> float | None:
