@@ -1,14 +1,18 @@
 """`python runners/experiment.py [overrides]`: one live experiment on the real engine.
 
-Starts `serve.py` (with this run's server-side overrides) in a subprocess on a free port,
-waits for /health, runs the benchmark, and shuts the server down cleanly (SIGINT, then
-SIGKILL after a grace period). Hydra multirun sweeps policy x rate x SLO scale.
+Starts `serve.py` (with this run's resolved server-side config, written to the run directory)
+in a subprocess on a free port, waits for /health, runs the benchmark (once, or a
+maximum-goodput search with `mode=max_goodput`), and shuts the server down cleanly (SIGINT,
+then SIGKILL after a grace period). Hydra multirun sweeps policy x rate x SLO scale, and
+`experiment=...` runs the same conf/experiment/*.yaml as runners/simulate.py on the real engine.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,24 +25,15 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from flowprefill.config import register_configs
+from flowprefill.metrics import max_goodput
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import run as run_benchmark  # noqa: E402
 from benchmark import spec_from_hydra  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVER_GROUPS = ("model", "engine", "policy", "predictor", "hardware", "server",
+SERVER_GROUPS = ("model", "engine", "policy", "predictor", "hardware", "server", "deploy",
                  "max_decode_batch")
-
-
-def server_overrides(task_overrides: list[str]) -> list[str]:
-    """The command-line overrides that concern serve.py (group choices and their keys)."""
-    out = []
-    for o in task_overrides:
-        key = o.lstrip("+~").split("=", 1)[0]
-        if key.split(".", 1)[0] in SERVER_GROUPS:
-            out.append(o)
-    return out
 
 
 def _free_port() -> int:
@@ -94,20 +89,69 @@ def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    overrides = server_overrides(list(hc.overrides.task))
-    server = Server(overrides, run_dir / "server.log", cfg.startup_timeout)
+    if cfg.predictor.kind == "oracle":
+        raise ValueError("predictor=oracle plans with the simulator's truth cost model; it "
+                         "exists only in runners/simulate.py (the real engine is the truth)")
+    server = Server(serve_config_args(cfg, run_dir), run_dir / "server.log",
+                    cfg.startup_timeout)
     try:
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        bench = OmegaConf.create({**resolved, "url": server.url, "served_model": None,
-                                  "label": cfg.policy.name, "api_key": cfg.server.api_key})
-        summary = run_benchmark(spec_from_hydra(bench, run_dir), resolved)
+        summary = run_live(cfg, server.url, run_dir)
     finally:
         code = server.stop()
+    summary = {"experiment": cfg.exp.name, "runs_on": cfg.target,
+               "arm": hc.runtime.choices.get("arm")} | summary
     summary["server_exit_code"] = code
     out = Path(cfg.out) if cfg.out else run_dir / "summary.json"
     out.write_text(json.dumps(summary, indent=2, default=str))
-    print(f"{cfg.policy.name}: ttft attainment {summary['ttft_attainment']:.3f}, goodput "
-          f"{summary['goodput_rps']:.3f} req/s -> {out}")
+    print(f"{cfg.policy.name}: ttft attainment {summary.get('ttft_attainment', 0.0):.3f}, "
+          f"goodput {summary.get('goodput_rps', 0.0):.3f} req/s -> {out}")
+
+
+def serve_config_args(cfg: DictConfig, run_dir: Path) -> list[str]:
+    """serve.py's config: this run's resolved server-side groups (experiments and arms
+    included), written to the run directory and passed as serve.py's primary config."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    path = run_dir / "serve_config.yaml"
+    OmegaConf.save(OmegaConf.create({k: resolved[k] for k in SERVER_GROUPS if k in resolved}),
+                   path)
+    return [f"--config-path={run_dir.resolve()}", f"--config-name={path.stem}"]
+
+
+def run_live(cfg: DictConfig, url: str, run_dir: Path) -> dict:
+    """One replay at workload.rate_scale (mode=replay), or the maximum-goodput search with
+    one probe per sub-directory and the best probe's files copied up (mode=max_goodput)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    truth = resolved.get("truth") or {}
+    bench = OmegaConf.create({
+        **resolved, "url": url, "served_model": None, "label": cfg.policy.name,
+        "api_key": cfg.server.api_key,
+        # bands SLOs are priced by `truth` when set, so every predictor faces the same SLOs
+        "predictor": truth if truth.get("kind") else resolved["predictor"]})
+    spec = spec_from_hydra(bench, run_dir)
+    if cfg.get("mode", "replay") == "replay":
+        return run_benchmark(spec, resolved)
+    s = cfg.search
+    probes: dict[float, Path] = {}
+
+    def probe(scale: float) -> dict:
+        probes[scale] = run_dir / f"probe_{len(probes)}_r{scale:.4g}"
+        workload = dataclasses.replace(spec.workload, rate_scale=scale)
+        return run_benchmark(dataclasses.replace(spec, workload=workload,
+                                                 run_dir=probes[scale]), resolved)
+
+    found = max_goodput(probe, lo=s.lo, hi=s.hi, target=s.target, iters=s.iters,
+                        start=s.start, rtol=s.rtol)
+    best_dir = probes.get(found["max_rate_scale"])
+    if best_dir is not None:
+        for name in ("records.jsonl", "tables"):
+            if (best_dir / name).is_file():
+                shutil.copy(best_dir / name, run_dir / name)
+            elif (best_dir / name).is_dir():
+                shutil.copytree(best_dir / name, run_dir / name, dirs_exist_ok=True)
+    return (found.get("best") or {}) | {
+        "mode": "max_goodput", "max_goodput_rps": found["max_goodput_rps"],
+        "max_rate_scale": found["max_rate_scale"], "target": s.target,
+        "points": found["points"]}
 
 
 if __name__ == "__main__":

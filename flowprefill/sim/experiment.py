@@ -1,6 +1,10 @@
 """One simulated experiment from typed configs: replay a workload once, or search for the
 maximum goodput over `rate_scale`. What `runners/simulate.py` calls after converting Hydra's
 config; tests call it directly. Must not import torch or Hydra.
+
+Two cost models may take part: the scheduler's `predictor` and the `truth` the simulated
+device is charged from (and SLOs are priced with). Without `truth` they are one model;
+`predictor.kind=oracle` schedules with the truth itself (the predictor ablation's ceiling).
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ from flowprefill.config import (
 )
 from flowprefill.metrics import max_goodput, summarize
 from flowprefill.predictor import Predictor, make_predictor
+from flowprefill.sim.costs import granularity_costs
 from flowprefill.sim.simulator import SimResult, Simulator
 from flowprefill.workload import build_requests
 
 MODES = ("replay", "max_goodput")
+ORACLE = "oracle"  # predictor kind: plan with the truth cost model itself
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,28 @@ class SimSetup:
     sim: SimConfig = field(default_factory=SimConfig)
     mode: str = "replay"
     search: SearchConfig = field(default_factory=SearchConfig)
+    truth: PredictorConfig | None = None  # None: the device is charged from `predictor`
+
+
+@dataclass(frozen=True)
+class CostModels:
+    """The scheduler's predictor and the truth the device is charged from (may be one)."""
+
+    predictor: Predictor
+    truth: Predictor
+
+
+def cost_models(setup: SimSetup) -> CostModels:
+    """Build the predictor and the truth a setup names (oracle: the truth for both)."""
+    truth = (make_predictor(setup.truth, setup.model, setup.hardware)
+             if setup.truth is not None else None)
+    if setup.predictor.kind == ORACLE:
+        if truth is None:
+            raise ValueError("predictor=oracle schedules with the truth cost model; name one "
+                             "with truth.kind=roofline (or truth.kind=fitted truth.path=...)")
+        return CostModels(truth, truth)
+    pred = make_predictor(setup.predictor, setup.model, setup.hardware)
+    return CostModels(pred, truth or pred)
 
 
 def policy_label(p: PolicyConfig) -> str:
@@ -64,17 +92,19 @@ def policy_label(p: PolicyConfig) -> str:
 
 
 def replay(setup: SimSetup, rate_scale: float | None = None,
-           predictor: Predictor | None = None) -> tuple[dict, SimResult]:
+           models: CostModels | None = None) -> tuple[dict, SimResult]:
     """Simulate the workload once (at `rate_scale`, default the workload's); summary + result."""
-    pred = predictor or make_predictor(setup.predictor, setup.model, setup.hardware)
+    models = models or cost_models(setup)
     wcfg = setup.workload
     if rate_scale is not None:
         wcfg = dataclasses.replace(wcfg, rate_scale=rate_scale)
-    requests = build_requests(wcfg, setup.slo, pred.isolated_ttft)
+    # SLOs are priced by the truth, so every predictor of an ablation faces the same SLOs.
+    requests = build_requests(wcfg, setup.slo, models.truth.isolated_ttft)
     t0 = time.perf_counter()
-    result = Simulator(setup.policy, pred, setup.sim).run(requests)
+    result = Simulator(setup.policy, models.predictor, setup.sim, models.truth).run(requests)
     summary = summarize(result.records)
     summary["rate_scale"] = wcfg.rate_scale
+    summary["granularity"] = granularity_costs(requests, setup.policy, models.truth)
     summary["sim"] = {
         "wall_s": time.perf_counter() - t0,
         "scheduler_calls": result.scheduler_calls,
@@ -93,28 +123,46 @@ def header(setup: SimSetup) -> dict:
         "model": setup.model.name,
         "hardware": setup.hardware.name,
         "predictor": setup.predictor.kind,
+        "truth": setup.truth.kind if setup.truth is not None else setup.predictor.kind,
         "workload": setup.workload.name,
         "slo": setup.slo.mode,
+        "slo_scale": setup.slo.scale,
         "mode": setup.mode,
     }
 
 
 def run(setup: SimSetup) -> dict:
     """The summary dict a simulate run writes (policy, requests, ttft_attainment, ...)."""
+    return run_with_result(setup)[0]
+
+
+def run_with_result(setup: SimSetup) -> tuple[dict, SimResult | None]:
+    """The summary, and the simulation it describes (max_goodput: the best probe's; None
+    when no probe met the target)."""
     if setup.mode not in MODES:
         raise ValueError(f"unknown mode {setup.mode!r}; known: {MODES}")
-    pred = make_predictor(setup.predictor, setup.model, setup.hardware)
+    models = cost_models(setup)
     head = header(setup)
     if setup.mode == "replay":
-        summary, _ = replay(setup, predictor=pred)
-        return head | summary
+        summary, result = replay(setup, models=models)
+        return head | summary, result
     s = setup.search
-    found = max_goodput(lambda scale: replay(setup, scale, pred)[0], lo=s.lo, hi=s.hi,
-                        target=s.target, iters=s.iters, start=s.start, rtol=s.rtol)
+    kept: dict[float, SimResult] = {}  # only the highest passing probe (results are large)
+
+    def probe(scale: float) -> dict:
+        summary, result = replay(setup, scale, models)
+        if summary["ttft_attainment"] >= s.target and all(scale > k for k in kept):
+            kept.clear()
+            kept[scale] = result
+        return summary
+
+    found = max_goodput(probe, lo=s.lo, hi=s.hi, target=s.target, iters=s.iters,
+                        start=s.start, rtol=s.rtol)
     best = found.get("best") or {}
-    return head | best | {
+    summary = head | best | {
         "max_goodput_rps": found["max_goodput_rps"],
         "max_rate_scale": found["max_rate_scale"],
         "target": s.target,
         "points": found["points"],
     }
+    return summary, kept.get(found["max_rate_scale"])

@@ -7,6 +7,8 @@ them between operators; with none or chunk granularity the scheduler cannot swit
 they are delivered at once. Each decision is applied at the time it is made, plus the
 configured scheduling and switch overheads. Prefill only: the first token is the end of the
 prefill, and the request then leaves the worker (its KV blocks are freed).
+The device is charged from `truth` when given (the scheduler still plans with `predictor`),
+so prediction error is visible; without it both are the same model (an oracle predictor).
 Must not import torch.
 """
 
@@ -47,9 +49,10 @@ class SimResult:
 
 class Simulator:
     def __init__(self, policy: PolicyConfig, predictor: Predictor,
-                 sim: SimConfig | None = None) -> None:
+                 sim: SimConfig | None = None, truth: Predictor | None = None) -> None:
         self.policy = policy
-        self.predictor = predictor
+        self.predictor = predictor  # what the scheduler plans with
+        self.truth = truth or predictor  # what the simulated device is charged
         self.cfg = sim or SimConfig()
 
     def run(self, requests: Sequence[Request],
@@ -64,7 +67,7 @@ class _Run:
     def __init__(self, sim: Simulator, requests: Sequence[Request],
                  aborts: Sequence[tuple[float, str]]) -> None:
         cfg = sim.cfg
-        self.predictor = sim.predictor
+        self.truth = sim.truth  # charges the device; the scheduler plans with sim.predictor
         self.cfg = cfg
         self.kv = BlockBudget(cfg.num_kv_blocks, cfg.block_size) if cfg.num_kv_blocks else None
         self.scheduler = Scheduler(sim.policy, sim.predictor, self.kv)
@@ -99,7 +102,7 @@ class _Run:
                     self._forward_done(stop)
                     continue
                 self.work.advance(k)
-                self.clock.advance_to(t)
+                t = self._advance(t)
                 while self.heap and self.heap[0][0] <= t:  # everything queued by this boundary
                     self._deliver(heapq.heappop(self.heap)[3], t)
             else:
@@ -107,8 +110,17 @@ class _Run:
                 self._deliver(event, max(t, self.clock.now()))
         return SimResult(list(self.records.values()), self.log, self.clock.now(), self.calls)
 
-    def _deliver(self, event: Event, t: float) -> None:
+    def _advance(self, t: float) -> float:
+        """Move the clock to t, absorbing float rounding: times computed from re-anchored
+        prefix sums may land an ulp before the clock (a real step back still raises)."""
+        now = self.clock.now()
+        if now - 1e-9 * max(1.0, abs(now)) <= t < now:
+            t = now
         self.clock.advance_to(t)
+        return t
+
+    def _deliver(self, event: Event, t: float) -> None:
+        t = self._advance(t)
         if isinstance(event, Arrival):
             self.log.append((t, "arrive", event.request.request_id))
         else:
@@ -118,7 +130,7 @@ class _Run:
 
     def _forward_done(self, t: float) -> None:
         """The running forward ended at t: the job completed, or one of its chunks did."""
-        self.clock.advance_to(t)
+        t = self._advance(t)
         work = self.work
         job = work.job
         chunk_start = work.at(0)
@@ -136,7 +148,7 @@ class _Run:
             return
         self.log.append((t, "boundary", job.job_id, job.tokens_done))
         job.ops_done = 0
-        self.work = Running(job, self.predictor.job_forward(job), t, 0)
+        self.work = Running(job, self.truth.job_forward(job), t, 0)
         self._apply(self._call(Boundary(job.job_id), t), t, chunk_start)
 
     def _call(self, event: Event, t: float) -> Decision:
@@ -184,7 +196,7 @@ class _Run:
         if job.job_id not in self.blocks:
             self.blocks[job.job_id] = self.kv.allocate(job.num_tokens) if self.kv else 0
         start = t + overhead
-        self.work = Running(job, self.predictor.job_forward(job), start, job.ops_done)
+        self.work = Running(job, self.truth.job_forward(job), start, job.ops_done)
         job.started = True
         self.log.append((t, "run", job.job_id, job.request_ids, job.ops_done, job.tokens_done))
         for old in suspended:
