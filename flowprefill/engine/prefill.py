@@ -29,6 +29,7 @@ from flowprefill.core import Event as SchedulerEvent
 from flowprefill.engine.api import SamplingParams
 from flowprefill.engine.streams import OutputStream
 from flowprefill.executor import ModelRunner, PrefillJob
+from flowprefill.predictor import CorrectedPredictor, job_shape, op_kind
 from flowprefill.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class PrefillEngine:
         self.preemption_latencies: deque[float] = deque(maxlen=10_000)
         self.preemptions = 0
         self.scheduler_calls = 0
+        pred = scheduler.predictor  # with an online correction, the loop times each operator
+        self.corrected = pred if isinstance(pred, CorrectedPredictor) else None
         self.thread = threading.Thread(target=self._loop, name="prefill-engine", daemon=True)
 
     # ------------------------------------------------------------------ other threads
@@ -90,10 +93,26 @@ class PrefillEngine:
 
     def _run_to_point(self, job: PrefillJob) -> None:
         """Run units until the next point where this policy may switch jobs."""
-        if self.granularity is Granularity.NONE:
+        if self.corrected is not None:
+            self._run_observed(job)
+        elif self.granularity is Granularity.NONE:
             job.run()
         else:
             job.run_until_preemption_point()
+
+    def _run_observed(self, job: PrefillJob) -> None:
+        """As `_run_to_point`, feeding each whole operator's time to the online correction
+        (a token slice of an operator is not observed: its prediction is the whole op's)."""
+        pred, core = self.corrected, job.job
+        while True:
+            shape, logits = job_shape(core)
+            kind, whole = op_kind(core.ops_done, pred.num_layers), job.cursor[2] == 0
+            t0 = self.clock.now()
+            job.step()
+            if whole and job.cursor[2] == 0:
+                pred.observe(kind, shape, logits, self.clock.now() - t0)
+            if job.at_preemption_point and (job.done or self.granularity is not Granularity.NONE):
+                return
 
     # ------------------------------------------------------------------ events
     def _handle(self, event: object, at: float) -> bool:

@@ -1,35 +1,70 @@
 """TTFT predictors: per-operator costs of prefill work, for the scheduler and the simulator.
 
-Kinds: `roofline` (analytic, from model and hardware configs) and `fitted` (an artifact from
-`train_predictor.py`). Must not import torch, the model or the engine.
+Kinds: `roofline` (analytic, from model and hardware configs), `fitted` (per-operator linear
+models from `train_predictor.py`) and `cubic` (the paper's baseline, from the same artifact
+directory); any of them wrapped in an online correction when `correction > 0`. Also owns the
+profile format and the fitting code `train_predictor.py` uses. Must not import torch, the
+model or the engine.
 """
 
 from __future__ import annotations
 
 from flowprefill.config import HardwareConfig, ModelConfig, PredictorConfig
 from flowprefill.predictor.base import Predictor, chunk_shape, job_shape
+from flowprefill.predictor.correction import CorrectedPredictor, OnlineCorrection
 from flowprefill.predictor.cost import OP_KINDS, BatchShape, ForwardCost, op_kind
-from flowprefill.predictor.fitted import FittedPredictor, save_artifact
+from flowprefill.predictor.cubic import CubicPredictor
+from flowprefill.predictor.fitted import AUTO, FittedPredictor, artifact_dir, save_artifact
 from flowprefill.predictor.roofline import RooflinePredictor
+
+KINDS = ("roofline", "fitted", "cubic")
+
+
+def _load(cfg: PredictorConfig, model: ModelConfig, hardware: HardwareConfig) -> Predictor:
+    expect = None
+    path = cfg.path
+    if path == AUTO:  # looked up by name: it must have been fitted for this model and machine
+        path = str(artifact_dir(model.name, hardware.name))
+        expect = {"model": model.name, "hardware": hardware.name}
+    try:
+        if cfg.kind == "fitted":
+            return FittedPredictor.load(path, num_layers=model.num_layers, expect=expect)
+        if path is None:
+            raise FileNotFoundError("predictor=cubic needs predictor.path (the directory "
+                                    "train_predictor.py wrote, or `auto`)")
+        return CubicPredictor.load(path, num_layers=model.num_layers)
+    except FileNotFoundError:
+        if cfg.on_missing == "roofline":  # the explicit opt-in to run without an artifact
+            return RooflinePredictor(model, hardware)
+        raise
 
 
 def make_predictor(cfg: PredictorConfig, model: ModelConfig,
                    hardware: HardwareConfig) -> Predictor:
     """The predictor a config names."""
     if cfg.kind == "roofline":
-        return RooflinePredictor(model, hardware)
-    if cfg.kind == "fitted":
-        return FittedPredictor.load(cfg.path, num_layers=model.num_layers)
-    raise ValueError(f"unknown predictor kind {cfg.kind!r} (roofline | fitted)")
+        pred: Predictor = RooflinePredictor(model, hardware)
+    elif cfg.kind in ("fitted", "cubic"):
+        pred = _load(cfg, model, hardware)
+    else:
+        raise ValueError(f"unknown predictor kind {cfg.kind!r} ({' | '.join(KINDS)})")
+    if cfg.correction > 0.0:
+        pred = CorrectedPredictor(pred, OnlineCorrection(cfg.correction))
+    return pred
 
 
 __all__ = [
+    "KINDS",
     "OP_KINDS",
     "BatchShape",
+    "CorrectedPredictor",
+    "CubicPredictor",
     "FittedPredictor",
     "ForwardCost",
+    "OnlineCorrection",
     "Predictor",
     "RooflinePredictor",
+    "artifact_dir",
     "chunk_shape",
     "job_shape",
     "make_predictor",

@@ -1,0 +1,103 @@
+"""Online correction of a predictor from measured operator times.
+
+Owns `OnlineCorrection` (exponentially weighted ratios measured / predicted: a machine-wide
+one, times a residual per operator kind and size bucket, log2 of the forward's new tokens)
+and `CorrectedPredictor`, which scales a base predictor's per-operator
+costs by those ratios, so the scheduler's `remaining()` tracks a machine that became slower
+(another process took the CPU) or faster than when it was profiled. The engine feeds
+observations (`CorrectedPredictor.observe`), timed with its own clock; the simulator never
+does, and then the factors stay 1. Observations are only meaningful where a unit's wall time
+is its cost (CPU, or a synchronized device). Must not import torch.
+"""
+
+from __future__ import annotations
+
+from flowprefill.predictor.base import Predictor
+from flowprefill.predictor.cost import BatchShape, ForwardCost
+
+
+def size_bucket(tokens: int) -> int:
+    """Bucket of a forward with `tokens` new tokens: 1, 2-3, 4-7, ... (log2)."""
+    return max(tokens, 1).bit_length()
+
+
+class OnlineCorrection:
+    """Measured / predicted seconds as a machine-wide ratio times a per-(op kind, size
+    bucket) residual, both exponentially weighted.
+
+    The machine-wide ratio moves with every operator, so a change of load (another process
+    starting or stopping) reaches every kind and size within a few operators; the residuals
+    keep what is specific to a kind and size (the fitted model's own bias there), and a size
+    not seen yet falls back to its kind's residual, then to 1.
+    """
+
+    def __init__(self, alpha: float = 0.1, lo: float = 0.2, hi: float = 10.0) -> None:
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"correction weight must be in (0, 1], got {alpha}")
+        self.alpha = alpha
+        self.resid_alpha = alpha / 4  # slower: a change of load should move the machine ratio
+        self.lo, self.hi = lo, hi  # one observation's ratio is clamped (a stray page fault)
+        self.machine = 1.0  # machine-wide ratio
+        self._resid: dict[tuple[str, int | None], float] = {}
+        self.version = 0  # bumped by every observation: memoized sums depend on the ratios
+        self.observations = 0
+
+    def _residual(self, kind: str, bucket: int) -> float:
+        r = self._resid.get((kind, bucket))
+        return self._resid.get((kind, None), 1.0) if r is None else r
+
+    def observe(self, kind: str, tokens: int, measured: float, predicted: float) -> None:
+        if measured <= 0.0 or predicted <= 0.0:
+            return
+        r = min(max(measured / predicted, self.lo), self.hi)
+        b, a = size_bucket(tokens), self.alpha
+        self.machine += a * (r / self._residual(kind, b) - self.machine)
+        for key in ((kind, b), (kind, None)):
+            old = self._resid.get(key)
+            rel = r / self.machine
+            self._resid[key] = rel if old is None else old + self.resid_alpha * (rel - old)
+        self.version += 1
+        self.observations += 1
+
+    def factor(self, kind: str, tokens: int) -> float:
+        return self.machine * self._residual(kind, size_bucket(tokens))
+
+    def snapshot(self) -> dict[str, float]:
+        """The machine-wide ratio and every residual, keyed "kind/bucket" ("kind/all")."""
+        out = {"machine": self.machine}
+        out.update({f"{k}/{'all' if b is None else b}": r for (k, b), r in self._resid.items()})
+        return out
+
+
+class CorrectedPredictor(Predictor):
+    """`base`'s costs times the correction's current factors (nothing cached across updates)."""
+
+    def __init__(self, base: Predictor, correction: OnlineCorrection) -> None:
+        super().__init__(base.num_layers)
+        self.base = base
+        self.correction = correction
+        self._version = -1
+
+    def op_cost(self, kind: str, shape: BatchShape, logits: int) -> float:
+        tokens = sum(n for n, _ in shape)
+        return self.base.op_cost(kind, shape, logits) * self.correction.factor(kind, tokens)
+
+    def forward(self, shape: BatchShape, logits: int | None = None) -> ForwardCost:
+        f = self.base.forward(shape, logits)  # memoized by the base
+        tokens = sum(n for n, _ in shape)
+        c = self.correction
+        return ForwardCost(embed=f.embed * c.factor("embed", tokens),
+                           attention=f.attention * c.factor("attention", tokens),
+                           mlp=f.mlp * c.factor("mlp", tokens),
+                           final=f.final * c.factor("final", tokens), num_layers=f.num_layers)
+
+    def _chunk_suffix_sums(self, prompt_len: int, chunk_size: int) -> tuple[float, ...]:
+        if self._version != self.correction.version:  # ratios moved: memoized sums are stale
+            self._chunk_suffix.clear()
+            self._version = self.correction.version
+        return super()._chunk_suffix_sums(prompt_len, chunk_size)
+
+    def observe(self, kind: str, shape: BatchShape, logits: int, measured: float) -> None:
+        """One whole operator of `kind` over `shape` took `measured` seconds."""
+        predicted = getattr(self.base.forward(shape, logits), kind)
+        self.correction.observe(kind, sum(n for n, _ in shape), measured, predicted)

@@ -1,0 +1,280 @@
+"""`python runners/fidelity.py predictor.path=DIR`: how well simulation and prediction match
+the real engine.
+
+`mode=replay` (default): for each policy in `policies`, start `serve.py` (as
+runners/experiment.py does), replay the workload window against it, simulate the same
+requests (same ids, arrivals and SLOs) with the fitted artifact, and compare: per-request TTFT
+relative error (median, p90, signed median), and the differences in TTFT attainment (points)
+and goodput. Requests ask for one output token: the simulator models the prefill worker.
+With `calibrate=true` the simulation is repeated with the device charged the artifact's costs
+times the slowdown measured just before the real run (a few timed forwards in this process),
+for profiles taken in CPU time (`clock=thread_cpu`) replayed on a machine others load.
+
+`mode=correction`: prefill a cycle of prompt lengths in-process, first on an idle machine,
+then with `burners` CPU-bound processes started beside it, then idle again; each forward is
+predicted before it runs by the fitted model alone and by the same model with the online
+correction (fed each operator's measured time, as the engine does); reports both errors per
+phase.
+
+Results go to `out` (JSON) with the machine's load average before and after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from experiment import Server, serve_config_args  # noqa: E402
+
+from flowprefill.config import (  # noqa: E402
+    EngineConfig,
+    HardwareConfig,
+    ModelConfig,
+    PolicyConfig,
+    PredictorConfig,
+    SimConfig,
+    SLOConfig,
+    WorkloadConfig,
+    from_hydra,
+    register_configs,
+)
+from flowprefill.metrics import RequestRecord, percentile, summarize  # noqa: E402
+from flowprefill.predictor import Predictor  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def compare(real: Sequence[RequestRecord], sim: Sequence[RequestRecord]) -> dict:
+    """Per-request TTFT error of `sim` against `real` (matched by request id) and the
+    difference in headline metrics (sim minus real; attainment in points)."""
+    by_id = {r.request_id: r for r in sim}
+    rel, signed = [], []
+    for r in real:
+        s = by_id.get(r.request_id)
+        if s is None or r.ttft is None or s.ttft is None or r.ttft <= 0:
+            continue
+        signed.append((s.ttft - r.ttft) / r.ttft)
+        rel.append(abs(signed[-1]))
+    a, b = summarize(real), summarize(sim)
+    return {
+        "matched": len(rel),
+        "ttft_rel_err_median": percentile(rel, 50),
+        "ttft_rel_err_p90": percentile(rel, 90),
+        "ttft_signed_err_median": percentile(signed, 50),  # > 0: simulation is slower
+        "attainment_real": a["ttft_attainment"],
+        "attainment_sim": b["ttft_attainment"],
+        "attainment_diff_points": 100 * (b["ttft_attainment"] - a["ttft_attainment"]),
+        "goodput_real_rps": a["goodput_rps"],
+        "goodput_sim_rps": b["goodput_rps"],
+        "goodput_rel_diff": ((b["goodput_rps"] - a["goodput_rps"]) / a["goodput_rps"]
+                             if a["goodput_rps"] else None),
+        "ttft_p50_real": a.get("ttft_p50"), "ttft_p50_sim": b.get("ttft_p50"),
+        "ttft_p90_real": a.get("ttft_p90"), "ttft_p90_sim": b.get("ttft_p90"),
+    }
+
+
+# --------------------------------------------------------------------------- replay mode
+
+
+def policy_config(name: str) -> PolicyConfig:
+    data = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "policy" / f"{name}.yaml"))
+    data.pop("defaults", None)
+    return from_hydra(PolicyConfig, data)
+
+
+def _artifact_path(path: str) -> str:
+    return path if path == "auto" else hydra.utils.to_absolute_path(path)
+
+
+def real_run(cfg: DictConfig, policy: PolicyConfig, requests: list, run_dir: Path) -> list:
+    """Client-side records of replaying `requests` against serve.py running `policy`."""
+    from flowprefill.workload.replay import ReplaySettings, replay, warm_up
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["policy"] = dataclasses.asdict(policy)
+    resolved["predictor"]["path"] = _artifact_path(cfg.predictor.path)
+    server = Server(serve_config_args(OmegaConf.create(resolved), run_dir),
+                    run_dir / "server.log", cfg.startup_timeout)
+    try:
+        s = ReplaySettings(url=server.url, model=cfg.model.name, max_output_tokens=1,
+                           timeout=cfg.timeout, seed=cfg.workload.seed)
+        asyncio.run(warm_up(s, cfg.warmup))
+        return asyncio.run(replay(requests, s))
+    finally:
+        server.stop()
+
+
+def replay_fidelity(cfg: DictConfig, run_dir: Path) -> dict:
+    """Real vs simulated replay of the workload window, per policy."""
+    from flowprefill.predictor import CorrectedPredictor, OnlineCorrection
+    from flowprefill.sim import Simulator
+    from flowprefill.sim.experiment import SimSetup, cost_models, run_with_result
+    from flowprefill.workload import build_requests
+
+    model, hardware = from_hydra(ModelConfig, cfg.model), from_hydra(HardwareConfig,
+                                                                        cfg.hardware)
+    pred_cfg = from_hydra(PredictorConfig, cfg.predictor)
+    path = _artifact_path(pred_cfg.path)
+    sim_pred = PredictorConfig(kind="fitted", path=path)  # the simulator never corrects
+    workload, slo = from_hydra(WorkloadConfig, cfg.workload), from_hydra(SLOConfig, cfg.slo)
+    out: dict = {"policies": {}}
+    for name in cfg.policies:
+        policy = policy_config(name)
+        setup = SimSetup(model=model, hardware=hardware, policy=policy,
+                         predictor=sim_pred, workload=workload, slo=slo,
+                         sim=from_hydra(SimConfig, cfg.sim))
+        requests = build_requests(workload, slo, cost_models(setup).truth.isolated_ttft)
+        load_before = os.getloadavg()
+        factor = slowdown(cfg, cost_models(setup).predictor) if cfg.calibrate else None
+        real = real_run(cfg, policy, requests, run_dir / name)
+        _, result = run_with_result(setup)
+        res = compare(real, result.records)
+        if factor is not None:  # the device charged `factor` x the profile: the load now
+            base = cost_models(setup).predictor
+            corr = OnlineCorrection()
+            corr.machine = factor
+            sim = Simulator(policy, base, setup.sim, truth=CorrectedPredictor(base, corr))
+            res["load_calibrated"] = compare(real, sim.run(requests).records)
+            res["load_calibrated"]["slowdown"] = factor
+        res["load_avg_before_after"] = [load_before, os.getloadavg()]
+        res["requests"] = len(requests)
+        out["policies"][name] = res
+        for label, r in (("", res), (" (load-calibrated)", res.get("load_calibrated"))):
+            if r:
+                print(f"{name}{label}: median TTFT err {r['ttft_rel_err_median']:.1%}, p90 "
+                      f"{r['ttft_rel_err_p90']:.1%}, attainment real {r['attainment_real']:.3f}"
+                      f" sim {r['attainment_sim']:.3f} ({r['attainment_diff_points']:+.1f} pts)")
+    return out
+
+
+def slowdown(cfg: DictConfig, predictor: Predictor) -> float:
+    """Wall time of a few isolated forwards here and now over their prediction: how much
+    slower the machine is than when (and how) it was profiled (e.g. CPU time on a shared box).
+    """
+    import torch
+
+    from flowprefill.core import SLO, Job, Request
+    from flowprefill.executor import ModelRunner
+
+    runner = ModelRunner(from_hydra(ModelConfig, cfg.model), from_hydra(EngineConfig, cfg.engine))
+    ratios = []
+    with torch.inference_mode():
+        for i, n in enumerate([256, *cfg.calibrate_lengths]):  # the first is a warm-up
+            req = Request(f"cal{i}", 0.0, n, SLO(1.0), prompt_token_ids=tuple(range(1, n + 1)))
+            pj = runner.prefill_job(Job(i, (req,)), granularity="operator")
+            t0 = time.perf_counter()
+            pj.run()
+            wall = time.perf_counter() - t0
+            runner.free(req.request_id)
+            if i:
+                ratios.append(wall / predictor.isolated_ttft(n))
+    return statistics.median(ratios)
+
+
+# --------------------------------------------------------------------------- correction mode
+
+
+def correction_under_load(cfg: DictConfig) -> dict:
+    import torch
+
+    from flowprefill.core import SLO, Job, Request
+    from flowprefill.core.clock import WallClock
+    from flowprefill.executor import ModelRunner
+    from flowprefill.predictor import (
+        CorrectedPredictor,
+        OnlineCorrection,
+        make_predictor,
+        op_kind,
+    )
+
+    runner = ModelRunner(from_hydra(ModelConfig, cfg.model), from_hydra(EngineConfig, cfg.engine))
+    base = make_predictor(PredictorConfig(kind="fitted", path=cfg.predictor.path),
+                          runner.model_cfg, from_hydra(HardwareConfig, cfg.hardware))
+    corr = CorrectedPredictor(base, OnlineCorrection(cfg.correction.alpha))
+    clock, gen = WallClock(), torch.Generator().manual_seed(0)
+    lengths, n_jobs = list(cfg.correction.lengths), int(cfg.correction.jobs_per_phase)
+    phases: dict[str, dict] = {}
+    counter = 0
+    with torch.inference_mode():
+        for phase in ("idle", "loaded", "idle_again"):
+            burners = []
+            if phase == "loaded":
+                burn = "while True: pass"
+                burners = [subprocess.Popen([sys.executable, "-c", burn])
+                           for _ in range(cfg.correction.burners)]
+                time.sleep(1.0)
+            errs: dict[str, list[float]] = {"plain": [], "corrected": []}
+            try:
+                for i in range(n_jobs):
+                    n = lengths[i % len(lengths)]
+                    counter += 1
+                    ids = torch.randint(0, 1000, (n,), generator=gen).tolist()
+                    req = Request(f"c{counter}", 0.0, n, SLO(1.0), prompt_token_ids=tuple(ids))
+                    pj = runner.prefill_job(Job(counter, (req,)), granularity="operator")
+                    plain, corrected = base.request_cost(n), corr.request_cost(n)
+                    t_start = clock.now()
+                    while not pj.done:
+                        kind = op_kind(pj.job.ops_done, base.num_layers)
+                        t0 = clock.now()
+                        pj.step()
+                        corr.observe(kind, ((n, 0),), 1, clock.now() - t0)
+                    measured = clock.now() - t_start
+                    runner.free(req.request_id)
+                    errs["plain"].append(abs(plain - measured) / measured)
+                    errs["corrected"].append(abs(corrected - measured) / measured)
+            finally:
+                for b in burners:
+                    b.kill()
+                    b.wait()
+            phases[phase] = {"mape_plain": statistics.fmean(errs["plain"]),
+                             "mape_corrected": statistics.fmean(errs["corrected"]),
+                             "jobs": n_jobs, "load_avg_after": os.getloadavg(),
+                             "factors": corr.correction.snapshot()}
+            print(f"{phase}: MAPE fitted {phases[phase]['mape_plain']:.1%}, with correction "
+                  f"{phases[phase]['mape_corrected']:.1%}")
+    return {"phases": phases, "alpha": cfg.correction.alpha, "burners": cfg.correction.burners,
+            "lengths": lengths}
+
+
+register_configs()
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="fidelity")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    load_before = os.getloadavg()
+    if cfg.mode == "replay":
+        result = replay_fidelity(cfg, run_dir)
+    elif cfg.mode == "correction":
+        result = correction_under_load(cfg)
+    else:
+        raise ValueError(f"unknown mode {cfg.mode!r} (replay | correction)")
+    result |= {"mode": cfg.mode, "load_avg_before": load_before, "load_avg_after":
+               os.getloadavg(), "cpu_count": os.cpu_count(),
+               "config": OmegaConf.to_container(cfg, resolve=True)}
+    out = Path(cfg.out) if cfg.out else run_dir / "fidelity.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
