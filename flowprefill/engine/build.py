@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 from flowprefill.config import (
     EngineConfig,
     HardwareConfig,
@@ -14,14 +16,18 @@ from flowprefill.executor import ModelRunner
 from flowprefill.model.tokenizer import load_tokenizer
 from flowprefill.predictor import make_predictor
 
+E = TypeVar("E", bound=LocalEngine)
+
 
 def build_local_engine(model: ModelConfig, engine: EngineConfig, policy: PolicyConfig,
                        predictor: PredictorConfig, hardware: HardwareConfig,
-                       max_decode_batch: int = 64) -> LocalEngine:
-    """A colocated engine, not yet started. The predictor prices the resolved model (a
-    checkpoint's config.json wins over the preset)."""
+                       max_decode_batch: int = 64, engine_cls: type[E] = LocalEngine,
+                       **kwargs: Any) -> E:
+    """A colocated engine (or, via `engine_cls`, a `deploy=pd` prefill-only or decode-only
+    one), not yet started. The predictor prices the resolved model (a checkpoint's
+    config.json wins over the preset)."""
     runner = ModelRunner(model, engine)
     resolved = runner.model_cfg
-    return LocalEngine(runner, load_tokenizer(resolved), policy,
-                       make_predictor(predictor, resolved, hardware), model.name,
-                       max_decode_batch)
+    return engine_cls(runner, load_tokenizer(resolved), policy,
+                      make_predictor(predictor, resolved, hardware), model.name,
+                      max_decode_batch, **kwargs)

@@ -1,0 +1,146 @@
+"""`deploy=pd` engines: a prefill-only engine that parks KV for pulling, and a decode-only
+engine that continues requests whose KV arrived from elsewhere.
+
+Both reuse `LocalEngine`'s streams, scheduler and loops; they differ only at the handoff.
+The prefill side ends a request's stream after its first token with finish reason
+`prefilled` and keeps its blocks under a lease (freed when pulled, aborted or expired). The
+decode side reserves blocks for an incoming request, lets the caller fill them (a NIXL pull,
+or a local recompute), then feeds the decode loop. Must not know about NIXL or HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from flowprefill.core import Job, Request
+from flowprefill.engine.api import SamplingParams, TokenOutput
+from flowprefill.engine.local import LocalEngine
+from flowprefill.engine.streams import OutputStream
+from flowprefill.executor import make_generator
+from flowprefill.kvtransfer.lease import Lease, LeaseTable
+from flowprefill.metrics import RequestRecord
+
+PREFILLED = "prefilled"  # finish reason of a prefill-only stream whose KV is parked
+
+
+class PrefillOnlyEngine(LocalEngine):
+    """Runs FlowPrefill scheduling and prefill only; the decode loop never starts."""
+
+    def __init__(self, *args, lease_timeout: float = 30.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.leases = LeaseTable(lease_timeout)
+        self.prefill.on_prefilled = self._park
+        self.completed = 0  # prefills handed off (KV parked)
+        self.generator_states: dict[str, bytes] = {}  # sampling RNG state at the handoff
+
+    def start(self) -> PrefillOnlyEngine:
+        self.prefill.thread.start()
+        return self
+
+    def shutdown(self) -> None:
+        for rid in list(self.streams):
+            self.abort(rid)
+        self.prefill.stop()
+
+    def _park(self, stream: OutputStream, first_token: int) -> None:
+        """Prefill thread: the first token is out; keep the KV until it is pulled."""
+        rid = stream.request.request_id
+        blocks = self.runner.blocks
+        self.leases.add(rid, blocks.block_table(rid), blocks.num_tokens(rid), self.clock.now())
+        if stream.generator is not None:  # so a seeded request samples on as if colocated
+            self.generator_states[rid] = bytes(stream.generator.get_state().numpy())
+        self.completed += 1
+        stream.put(TokenOutput(None, PREFILLED))
+
+    def lease(self, request_id: str) -> Lease | None:
+        return self.leases.get(request_id)
+
+    def release(self, request_id: str) -> bool:
+        """The KV was pulled (or is no longer wanted): free its blocks."""
+        self.generator_states.pop(request_id, None)
+        if self.leases.release(request_id) is None:
+            return False
+        self.runner.free(request_id)
+        return True
+
+    def expire_leases(self) -> int:
+        for lease in self.leases.expire(self.clock.now()):
+            self.generator_states.pop(lease.request_id, None)
+            self.runner.free(lease.request_id)
+        return self.leases.expired
+
+    def abort(self, request_id: str) -> None:
+        if not self.release(request_id):
+            super().abort(request_id)
+
+    def stats(self) -> dict:
+        return {**super().stats(), "kv_leased": len(self.leases),
+                "leases_released": self.leases.released, "leases_expired": self.leases.expired,
+                "prefills_completed": self.completed}
+
+
+class DecodeOnlyEngine(LocalEngine):
+    """Runs the decode loop only; requests arrive prefilled (first token known)."""
+
+    def start(self) -> DecodeOnlyEngine:
+        self.decode.thread.start()
+        return self
+
+    def shutdown(self) -> None:
+        for rid in list(self.streams):
+            self.abort(rid)
+        self.decode.stop()
+
+    def reserve(self, request_id: str, num_tokens: int) -> list[int]:
+        """Blocks for a request's prompt KV (raises OutOfBlocksError); the caller fills them."""
+        return self.runner.blocks.allocate(request_id, num_tokens)
+
+    def recompute(self, request: Request) -> None:
+        """Fill a reserved request's KV by prefilling it here (the fallback when a pull fails).
+        Runs on the caller's thread; the logits are dropped, the first token is known."""
+        self.runner.free(request.request_id)  # prefill_job allocates afresh
+        self.runner.prefill_job(Job(-1, (request,)), granularity="none").run()
+
+    def resume(self, request: Request, sampling: SamplingParams, first_token: int,
+               generator_state: bytes | None = None) -> OutputStream:
+        """Hand a request whose KV is in place to the decode loop; from here on an abort (or
+        the end of `outputs`) is what frees its blocks."""
+        rid = request.request_id
+        if rid in self.streams:
+            raise ValueError(f"request id {rid!r} is already in flight")
+        gen = make_generator(sampling, self.runner.pool.kv.device)
+        if gen is not None and generator_state is not None:
+            import torch
+
+            gen.set_state(torch.frombuffer(bytearray(generator_state), dtype=torch.uint8))
+        stream = OutputStream(request, sampling, asyncio.get_running_loop(),
+                              RequestRecord.for_request(request), generator=gen)
+        stream.num_generated = 1  # the prefill worker produced the first token
+        self.streams[rid] = stream
+        self.decode.submit(stream, first_token)
+        return stream
+
+    async def outputs(self, stream: OutputStream) -> AsyncIterator[TokenOutput]:
+        """The tokens after the first, until the request finishes or is aborted."""
+        rid = stream.request.request_id
+        try:
+            while True:
+                out = await stream.queue.get()
+                yield out
+                if out.finish_reason is not None:
+                    return
+        finally:
+            if not stream.finished:
+                self.abort(rid)
+            self.streams.pop(rid, None)
+            self.records.append(stream.record)
+
+    def abort(self, request_id: str) -> None:
+        """The decode loop frees the blocks when it sees the flag; the stream ends now."""
+        stream = self.streams.get(request_id)
+        if stream is None or stream.aborted:
+            return
+        stream.aborted = True
+        if not stream.finished:
+            stream.put(TokenOutput(None, "abort"))
