@@ -6,11 +6,13 @@ Hydra entry point: converts the config once into typed objects and calls `run`.
 from __future__ import annotations
 
 import logging
+import signal
 
 import hydra
 from omegaconf import DictConfig
 
 from flowprefill.config import (
+    DeployConfig,
     EngineConfig,
     HardwareConfig,
     ModelConfig,
@@ -26,7 +28,14 @@ log = logging.getLogger("flowprefill.serve")
 
 def run(model: ModelConfig, engine: EngineConfig, policy: PolicyConfig,
         predictor: PredictorConfig, hardware: HardwareConfig, server: ServerConfig,
-        max_decode_batch: int = 64) -> None:
+        max_decode_batch: int = 64, deploy: DeployConfig | None = None) -> None:
+    if deploy is not None and deploy.mode == "pd":
+        from flowprefill.server.pd_serve import run_pd
+
+        run_pd(model, engine, policy, predictor, hardware, server, deploy, max_decode_batch)
+        return
+    if deploy is not None and deploy.mode != "colocated":
+        raise ValueError(f"deploy.mode must be colocated | pd, not {deploy.mode!r}")
     import uvicorn
 
     from flowprefill.engine.build import build_local_engine
@@ -37,8 +46,13 @@ def run(model: ModelConfig, engine: EngineConfig, policy: PolicyConfig,
     log.info("serving %s (policy %s) on http://%s:%d", model.name, policy.name, server.host,
              server.port)
     try:
+        # SIGINT/SIGTERM: stop accepting, give in-flight requests `grace_period` seconds;
+        # whatever is still running then is aborted by shutdown(), freeing its KV. uvicorn
+        # re-raises the signal it caught once it has stopped: a no-op handler makes that a
+        # clean exit (status 0) instead of death by signal.
+        signal.signal(signal.SIGTERM, lambda *_: None)
         uvicorn.run(build_app(local, server), host=server.host, port=server.port,
-                    log_level="info")
+                    log_level="info", timeout_graceful_shutdown=server.grace_period)
     finally:
         local.shutdown()
 
@@ -51,7 +65,7 @@ def main(cfg: DictConfig) -> None:
     run(from_hydra(ModelConfig, cfg.model), from_hydra(EngineConfig, cfg.engine),
         from_hydra(PolicyConfig, cfg.policy), from_hydra(PredictorConfig, cfg.predictor),
         from_hydra(HardwareConfig, cfg.hardware), from_hydra(ServerConfig, cfg.server),
-        cfg.max_decode_batch)
+        cfg.max_decode_batch, from_hydra(DeployConfig, cfg.deploy) if "deploy" in cfg else None)
 
 
 if __name__ == "__main__":

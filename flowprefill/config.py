@@ -101,8 +101,10 @@ class HardwareConfig:
 
 @dataclass(frozen=True)
 class PredictorConfig:
-    kind: str = "roofline"  # roofline | fitted
-    path: str | None = None  # fitted artifact (file or directory)
+    kind: str = "roofline"  # roofline | fitted | cubic | oracle (simulator)
+    path: str | None = None  # fitted/cubic artifact (file or dir); auto: artifacts/<model>_<hw>/
+    on_missing: str = "error"  # error | roofline: a fitted/cubic kind without its artifact
+    correction: float = 0.0  # engine: EW weight of the online correction from op times; 0 = off
 
 
 # --------------------------------------------------------------------------- workload / SLOs
@@ -170,6 +172,40 @@ class ServerConfig:
     class_ttft: dict[str, float] = field(
         default_factory=lambda: {"default": 10.0, "urgent": 0.25, "relaxed": 4.0}
     )
+    # Bounded admission: beyond these, new requests get 429 with Retry-After.
+    max_waiting: int = 256  # requests admitted but without their first token yet
+    max_queued_tokens: int = 1_048_576  # prompt tokens of those requests
+    max_body_bytes: int = 4 * 1024 * 1024  # larger request bodies get 413
+    grace_period: float = 10.0  # seconds in-flight requests get after SIGTERM/SIGINT
+    # a chat request without max_tokens generates at most this many (OpenAI would allow the
+    # whole remaining context, which on a random-weight model means until the context ends)
+    chat_max_tokens: int = 512
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """How the serving stack is laid out in processes (`serve.py deploy=colocated|pd`).
+
+    `pd`: `role=all` starts `prefill_workers` + `decode_workers` worker processes on
+    `worker_host` and serves the proxy on `server.port`; `role=prefill|decode` runs one worker
+    on `port` (another machine's proxy names it in `prefill_urls` / `decode_urls`);
+    `role=proxy` serves the public API over workers given by those URL lists.
+    """
+
+    mode: str = "colocated"  # colocated | pd
+    role: str = "all"  # all | proxy | prefill | decode
+    prefill_workers: int = 1
+    decode_workers: int = 1
+    worker_host: str = "127.0.0.1"
+    base_port: int = 0  # first worker port (prefill then decode); 0 = free ports
+    port: int = 0  # this worker's internal API port (role=prefill|decode)
+    prefill_urls: list[str] = field(default_factory=list)  # role=proxy
+    decode_urls: list[str] = field(default_factory=list)
+    lease_timeout: float = 30.0  # seconds a prefilled request's KV waits to be pulled
+    transfer_timeout: float = 10.0  # seconds one NIXL pull may take before it fails
+    on_transfer_failure: str = "fail"  # fail | recompute (prefill again on the decode side)
+    health_interval: float = 0.5  # seconds between the proxy's polls of worker stats
+    startup_timeout: float = 300.0  # seconds workers get to become healthy
 
 
 @dataclass(frozen=True)
@@ -244,6 +280,7 @@ GROUPS: dict[str, type] = {
     "server": ServerConfig,
     "logger": LoggerConfig,
     "sim": SimConfig,
+    "deploy": DeployConfig,
 }
 
 

@@ -61,3 +61,10 @@ def test_prompt_larger_than_the_whole_pool_is_rejected(engine):
     outs = asyncio.run(collect(engine, request(engine, "fits", 500, 2)))
     assert outs[-1].finish_reason == "length"
     assert engine.stats()["kv_blocks_free"] == 64
+
+
+def test_vanishing_temperature_is_greedy_not_a_crash(engine):
+    req = request(engine, "cold", 12, 3)
+    cold = asyncio.run(collect(engine, req, temperature=1e-300))
+    greedy = asyncio.run(collect(engine, request(engine, "greedy", 12, 3)))
+    assert [o.token_id for o in cold] == [o.token_id for o in greedy]

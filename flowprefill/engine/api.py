@@ -25,6 +25,7 @@ class TokenOutput:
     token_id: int | None
     finish_reason: str | None = None
     error: str | None = None
+    error_code: str | None = None  # "rejected" (refused by the scheduler) or "error"
 
 
 class Tokenizer(Protocol):
@@ -57,4 +58,12 @@ class EngineClient(Protocol):
 
     def stats(self) -> dict:
         """Counters and gauges for /metrics and the internal stats endpoint."""
+        ...
+
+    def health(self) -> dict:
+        """Extra /health fields (an engine made of workers says which are alive)."""
+        ...
+
+    def prometheus(self) -> list[str]:
+        """Extra Prometheus lines beyond the flat `stats()` gauges."""
         ...

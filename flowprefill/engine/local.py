@@ -44,7 +44,9 @@ class LocalEngine:
         self.runner = runner
         self.tokenizer = tokenizer
         self.model_name = model_name
-        self.max_model_len = runner.model_cfg.max_position
+        # a request must fit the model's context and, with its output, the KV pool
+        self.max_model_len = min(runner.model_cfg.max_position,
+                                 runner.blocks.num_blocks * runner.blocks.block_size)
         self.vocab_size = runner.model_cfg.vocab_size
         self.clock = WallClock()
         self.streams: dict[str, OutputStream] = {}
@@ -98,6 +100,12 @@ class LocalEngine:
             return
         stream.aborted = True  # the decode loop and the prefill completion check this flag
         self.prefill.submit(Abort(request_id))  # the scheduler drops it from queue or job
+
+    def health(self) -> dict:
+        return {}
+
+    def prometheus(self) -> list[str]:
+        return []
 
     def stats(self) -> dict:
         blocks = self.runner.blocks

@@ -48,6 +48,7 @@ class PrefillEngine:
         self.eos = runner.model_cfg.eos_token_id
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.jobs: dict[int, PrefillJob] = {}  # running and suspended jobs
+        self._firsts: dict[int, list[int]] = {}  # job id -> sampled first tokens
         self.current: PrefillJob | None = None
         self._switch_since: float | None = None  # event time that asked for a switch
         self.preemption_latencies: deque[float] = deque(maxlen=10_000)
@@ -83,6 +84,8 @@ class PrefillEngine:
                 self._started_after_switch(job)
             try:
                 self._run_to_point(job)
+                if job.done:
+                    self._sample_first_tokens(job)
             except Exception as e:  # noqa: BLE001 - one bad job must not stop the engine
                 self._fail(job, e)
                 continue
@@ -194,14 +197,19 @@ class PrefillEngine:
                 s.fail(f"prefill failed: {error}", now)
             self._handle(Abort(r.request_id), now)
 
+    def _sample_first_tokens(self, job: PrefillJob) -> None:
+        streams = [self.streams.get(r.request_id) for r in job.job.requests]
+        params = [s.sampling if s else GREEDY for s in streams]
+        self._firsts[job.job_id] = job.sample(params, [s.generator if s else None
+                                                       for s in streams])
+
     def _complete(self, job: PrefillJob) -> None:
         """Sample each request's first token; finished ones free their KV, others go on."""
         del self.jobs[job.job_id]
         self.current = None
         self._mark(job, "prefill_end")
         streams = [self.streams.get(r.request_id) for r in job.job.requests]
-        params = [s.sampling if s else GREEDY for s in streams]
-        firsts = job.sample(params, [s.generator if s else None for s in streams])
+        firsts = self._firsts.pop(job.job_id)
         now = self.clock.now()
         for r, stream, token in zip(job.job.requests, streams, firsts, strict=True):
             rid = r.request_id

@@ -62,4 +62,4 @@ class OutputStream:
     def fail(self, message: str, now: float, reason: str = "error") -> None:
         self.record.finish_time = now
         self.record.rejected = reason == "rejected"
-        self.put(TokenOutput(None, "error", f"{reason}: {message}"))
+        self.put(TokenOutput(None, "error", f"{reason}: {message}", reason))

@@ -12,6 +12,10 @@ import torch
 
 from flowprefill.core import SamplingParams
 
+# Temperatures this small are greedy: dividing logits by them overflows to inf (and NaN
+# probabilities), and the distribution is one-hot anyway.
+GREEDY_BELOW = 1e-5
+
 
 def make_generator(params: SamplingParams, device: torch.device | str = "cpu"
                    ) -> torch.Generator | None:
@@ -35,7 +39,7 @@ def sample(logits: torch.Tensor, params: Sequence[SamplingParams],
     out = []
     greedy = logits.argmax(dim=-1).tolist()
     for b, p in enumerate(params):
-        if p.temperature <= 0.0:
+        if p.temperature < GREEDY_BELOW:
             out.append(greedy[b])
             continue
         probs = torch.softmax(logits[b].float() / p.temperature, dim=-1)  # [V]

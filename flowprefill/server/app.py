@@ -21,15 +21,17 @@ from flowprefill.config import ServerConfig
 from flowprefill.core import SLO, Request
 from flowprefill.engine.api import EngineClient, SamplingParams
 from flowprefill.server import protocol as P
+from flowprefill.server.guards import Admission, Guards, resolve_api_key
 from flowprefill.server.outputs import TextStream
 from flowprefill.server.prom import Counter, Histogram, render_gauges
 
 
 class APIError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None,
-                 kind: str = "invalid_request_error") -> None:
+                 kind: str = "invalid_request_error", headers: dict | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.kind = status, message, param, kind
+        self.headers = headers
 
 
 class ServerMetrics:
@@ -49,7 +51,10 @@ class ServerMetrics:
 
 def build_app(engine: EngineClient, cfg: ServerConfig) -> FastAPI:
     app = FastAPI(title="FlowPrefill", version="0.1.0")
+    app.add_middleware(Guards, max_body_bytes=cfg.max_body_bytes,
+                       api_key=resolve_api_key(cfg.api_key))
     metrics = ServerMetrics()
+    admission = Admission(cfg.max_waiting, cfg.max_queued_tokens)
     app.state.metrics = metrics
 
     @app.exception_handler(RequestValidationError)
@@ -61,11 +66,12 @@ def build_app(engine: EngineClient, cfg: ServerConfig) -> FastAPI:
 
     @app.exception_handler(APIError)
     async def _api_error(_: HTTPRequest, exc: APIError) -> JSONResponse:
-        return JSONResponse(P.error_body(exc.message, exc.kind, exc.param), status_code=exc.status)
+        return JSONResponse(P.error_body(exc.message, exc.kind, exc.param), status_code=exc.status,
+                            headers=exc.headers)
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "model": engine.model_name}
+        return {"status": "ok", "model": engine.model_name, **engine.health()}
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -75,7 +81,12 @@ def build_app(engine: EngineClient, cfg: ServerConfig) -> FastAPI:
 
     @app.get("/metrics")
     async def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(engine.stats()))
+        text = metrics.render({**engine.stats(), "admission_waiting": admission.waiting,
+                               "admission_tokens": admission.tokens,
+                               "admission_refused": admission.refused})
+        if extra := engine.prometheus():  # e.g. the PD proxy's KV transfer metrics
+            text += "\n".join(extra) + "\n"
+        return PlainTextResponse(text)
 
     @app.get("/internal/stats")
     async def stats() -> dict:
@@ -97,7 +108,7 @@ def build_app(engine: EngineClient, cfg: ServerConfig) -> FastAPI:
         ids = engine.tokenizer.encode(text)
         max_tokens = body.max_completion_tokens or body.max_tokens
         if max_tokens is None:
-            max_tokens = max(1, engine.max_model_len - len(ids))
+            max_tokens = max(1, min(cfg.chat_max_tokens, engine.max_model_len - len(ids)))
         return await _serve(raw, body, ids, max_tokens, chat=True)
 
     def _check_model(name: str) -> None:
@@ -132,6 +143,10 @@ def build_app(engine: EngineClient, cfg: ServerConfig) -> FastAPI:
     async def _serve(raw: HTTPRequest, body: P.SamplingFields, ids: list[int], max_tokens: int,
                      chat: bool) -> Response:
         request = _make_request(body, ids, max_tokens)
+        if not admission.admit(request.prompt_len):
+            raise APIError(429, f"server busy: {admission.waiting} requests / "
+                           f"{admission.tokens} prompt tokens waiting; retry later",
+                           kind="rate_limit_error", headers={"Retry-After": "1"})
         sampling = SamplingParams(max_tokens=max_tokens, temperature=body.temperature,
                                   top_p=body.top_p, seed=body.seed, ignore_eos=body.ignore_eos)
         shape = P.chat_body if chat else P.completion_body
@@ -149,10 +164,17 @@ def build_app(engine: EngineClient, cfg: ServerConfig) -> FastAPI:
         t_start = time.perf_counter()
         t_last = None
         finished = False
+        queued = True  # counts against the admission bounds until its first output
         try:
             async for out in engine.generate(request, sampling):
+                if queued:
+                    queued = False
+                    admission.release(request.prompt_len)
                 if out.error is not None:
                     finished = True
+                    if out.error_code == "rejected":
+                        metrics.requests.inc(outcome="rejected")
+                        raise APIError(429, out.error, kind="slo_unattainable")
                     metrics.requests.inc(outcome="error")
                     raise APIError(500, out.error, kind="engine_error")
                 finish = out.finish_reason
@@ -180,6 +202,8 @@ def build_app(engine: EngineClient, cfg: ServerConfig) -> FastAPI:
                 if text:
                     yield text, None, len(stream.token_ids)
         finally:
+            if queued:
+                admission.release(request.prompt_len)
             if not finished:
                 engine.abort(request.request_id)
                 metrics.requests.inc(outcome="disconnected")
