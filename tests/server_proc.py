@@ -28,7 +28,7 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
         args = [sys.executable, str(ROOT / "serve.py"), f"server.port={self.port}",
-                "hydra.run.dir=.", "hydra.output_subdir=null", *overrides]
+                f"hydra.run.dir={LOGS}", "hydra.output_subdir=null", *overrides]
         LOGS.mkdir(parents=True, exist_ok=True)
         self.log_path = LOGS / f"serve-{self.port}.log"
         self.log = open(self.log_path, "w")  # noqa: SIM115
