@@ -1,6 +1,6 @@
 """`python train_predictor.py profile=PATH out=DIR`: fit the TTFT predictor from a profile.
 
-Reads `PATH/profile.jsonl` (written by `runners/profile.py`), fits per-operator cost models and
+Reads `PATH/profile.jsonl` (written by `runners/profile_ops.py`), fits per-operator cost models and
 the paper's cubic baseline (`flowprefill.predictor.training`), and writes into DIR the
 artifact `predictor.json`, the baseline `cubic.json`, `report.json` (held-out errors side by
 side) and `predicted_vs_measured.png`. The model/engine/hardware groups must describe the
@@ -70,7 +70,7 @@ def run(profile: Path, out: Path, settings: TrainSettings,
     rows = read_rows(profile)
     if not rows:
         raise FileNotFoundError(f"no profile at {profile_file(profile)} "
-                                "(write one with runners/profile.py)")
+                                "(write one with runners/profile_ops.py)")
     meta = meta_of(rows)
     for key, want in (expect or {}).items():
         if meta.get(key) != want:

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -18,8 +17,8 @@ SUMMARY_KEYS = {"policy", "requests", "ttft_attainment", "goodput_rps", "by_clas
 
 def test_benchmark_replays_a_trace_window_against_a_live_server(tmp_path):
     sys.path.insert(0, str(ROOT / "runners"))
-    from benchmark import spec_from_hydra
     from benchmark import run as run_benchmark
+    from benchmark import spec_from_hydra
     from hydra import compose, initialize_config_dir
 
     from flowprefill.config import register_configs

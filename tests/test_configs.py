@@ -68,3 +68,13 @@ def test_unknown_key_in_plain_dict_is_named():
 
     with pytest.raises(KeyError, match="threadz"):
         from_hydra(EngineConfig, {"threadz": 2})
+
+
+def test_no_script_shadows_a_standard_library_module():
+    """`python runners/x.py` puts runners/ first on sys.path: a runners/profile.py would
+    replace the stdlib `profile` (torch.compile imports cProfile) in every runner."""
+    import sys
+
+    for folder in ("runners", "analysis", "traces", "."):
+        for script in (CONF.parent / folder).glob("*.py"):
+            assert script.stem not in sys.stdlib_module_names, script

@@ -1,4 +1,4 @@
-"""runners/profile.py on a 1-layer model over a mini grid: rows written, resumable, identity
+"""runners/profile_ops.py on a 1-layer model over a mini grid: rows written, resumable, identity
 checked; and the grid itself."""
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def load_runner(name: str):
 
 @pytest.fixture(scope="module")
 def profile_mod():
-    return load_runner("profile")
+    return load_runner("profile_ops")
 
 
 def test_grid_lengths_span_and_cases():

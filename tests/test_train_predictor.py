@@ -110,7 +110,7 @@ def tiny_profile(tmp_path_factory):
                        batch_sizes=(2, 4), batch_lens=(16, 64), mixed_batches=((16, 200),),
                        chunk_sizes=(64, 128), chunk_prefixes=(128, 512), decode_batches=(1, 2, 4),
                        decode_contexts=(64, 256), seed=1)
-    load_runner("profile").run(MODEL, ENGINE, HardwareConfig(), grid, out, warmup=1,
+    load_runner("profile_ops").run(MODEL, ENGINE, HardwareConfig(), grid, out, warmup=1,
                                repeats=3, warmup_max_tokens=4096, progress=False)
     return out
 

@@ -11,7 +11,6 @@ or a local recompute), then feeds the decode loop. Must not know about NIXL or H
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 from flowprefill.core import Job, Request
 from flowprefill.engine.api import SamplingParams, TokenOutput
@@ -120,21 +119,6 @@ class DecodeOnlyEngine(LocalEngine):
         self.streams[rid] = stream
         self.decode.submit(stream, first_token)
         return stream
-
-    async def outputs(self, stream: OutputStream) -> AsyncIterator[TokenOutput]:
-        """The tokens after the first, until the request finishes or is aborted."""
-        rid = stream.request.request_id
-        try:
-            while True:
-                out = await stream.queue.get()
-                yield out
-                if out.finish_reason is not None:
-                    return
-        finally:
-            if not stream.finished:
-                self.abort(rid)
-            self.streams.pop(rid, None)
-            self.records.append(stream.record)
 
     def abort(self, request_id: str) -> None:
         """The decode loop frees the blocks when it sees the flag; the stream ends now."""

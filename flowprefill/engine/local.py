@@ -82,6 +82,11 @@ class LocalEngine:
                               generator=make_generator(sampling, self.runner.pool.kv.device))
         self.streams[rid] = stream
         self.prefill.submit(Arrival(request))
+        async for out in self.outputs(stream):
+            yield out
+
+    async def outputs(self, stream: OutputStream) -> AsyncIterator[TokenOutput]:
+        """A registered stream's outputs until it finishes; leaving early aborts it."""
         try:
             while True:
                 out = await stream.queue.get()
@@ -90,8 +95,8 @@ class LocalEngine:
                     return
         finally:
             if not stream.finished:
-                self.abort(rid)
-            self.streams.pop(rid, None)
+                self.abort(stream.request.request_id)
+            self.streams.pop(stream.request.request_id, None)
             self.records.append(stream.record)
 
     def abort(self, request_id: str) -> None:

@@ -1,4 +1,4 @@
-"""The profile: what `runners/profile.py` measures and `train_predictor.py` reads.
+"""The profile: what `runners/profile_ops.py` measures and `train_predictor.py` reads.
 
 Owns the profiling grid (which batch shapes to measure) and the on-disk format, JSON lines in
 `<dir>/profile.jsonl`:

@@ -1,4 +1,7 @@
-"""`python runners/profile.py model=tiny out=PATH`: profile the real executor for the predictor.
+"""`python runners/profile_ops.py model=tiny out=PATH`: profile the real executor for the predictor.
+
+(Not `runners/profile.py`: a script directory is first on sys.path, so that name would shadow
+the standard library's `profile` module for every runner, and torch.compile imports cProfile.)
 
 Runs the model runner of the engine group (any model, device, dtype, compile setting,
 attention backend) over the grid of `predictor.profile_data.ProfileGrid`: whole prompts,
