@@ -206,6 +206,9 @@ class DeployConfig:
     on_transfer_failure: str = "fail"  # fail | recompute (prefill again on the decode side)
     health_interval: float = 0.5  # seconds between the proxy's polls of worker stats
     startup_timeout: float = 300.0  # seconds workers get to become healthy
+    # shared secret of the internal worker APIs (else FLOWPREFILL_INTERNAL_SECRET); required
+    # when workers bind beyond loopback; role=all makes a fresh one when none is given
+    secret: str | None = None
 
 
 @dataclass(frozen=True)

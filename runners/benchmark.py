@@ -61,7 +61,11 @@ def run(spec: BenchmarkSpec, config: dict | None = None) -> dict:
     summary["workload"] = spec.workload.name
     summary["rate_scale"] = spec.workload.rate_scale
     summary["slo_scale"] = spec.slo.scale
-    summary["server"] = _server_stats(spec.replay)
+    summary["server"] = server = _server_stats(spec.replay)
+    # the client cannot see preemptions; the server counts them and times their latency
+    for key in ("preemptions", "preemption_latency_p50", "preemption_latency_p99"):
+        if key in server:
+            summary[key] = server[key]
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     with make_sink(spec.logger, spec.run_dir) as sink:
         sink.log_config(config or {})

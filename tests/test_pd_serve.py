@@ -20,8 +20,10 @@ from tests.server_proc import ServerProcess
 
 pytestmark = pytest.mark.slow
 SMALL = ("model.num_layers=2",)
+SECRET = "internal-test-secret"  # without one, role=all makes a fresh secret per launch
+AUTH = {"Authorization": f"Bearer {SECRET}"}
 PD = ("deploy=pd", "deploy.prefill_workers=2", "deploy.lease_timeout=3",
-      "deploy.health_interval=0.2")
+      "deploy.health_interval=0.2", f"deploy.secret={SECRET}")
 PROMPTS = ["Hello world, this is a test", "The quick brown fox", [11, 22, 33, 44, 55, 66, 77],
            list(range(2000, 2300))]
 CHAT = [{"role": "user", "content": "Say something."}]
@@ -46,7 +48,7 @@ def workers(server: ServerProcess) -> dict[str, str]:
 
 
 def wstats(url: str) -> dict:
-    return httpx.get(url + "/internal/stats", timeout=5).json()
+    return httpx.get(url + "/internal/stats", timeout=5, headers=AUTH).json()
 
 
 def wait_free(url: str, timeout: float = 10.0) -> dict:
@@ -117,6 +119,14 @@ def test_client_disconnect_after_first_token_frees_both_sides(pd):
     assert pd.stats()["requests_in_flight"] == 0
 
 
+def test_worker_apis_need_the_shared_secret(pd):
+    for name, url in workers(pd).items():
+        assert httpx.get(url + "/health").status_code == 200, name
+        assert httpx.get(url + "/internal/stats").status_code == 401, name
+        assert httpx.post(url + "/internal/abort", json={"request_id": "x"}).status_code == 401
+        assert httpx.get(url + "/internal/stats", headers=AUTH).status_code == 200, name
+
+
 def test_unpulled_kv_is_freed_by_the_lease_timeout(pd):
     url = workers(pd)["prefill0"]
     req = {"request_id": "direct-1", "age": 0.0, "prompt_token_ids": list(range(64)),
@@ -124,6 +134,7 @@ def test_unpulled_kv_is_freed_by_the_lease_timeout(pd):
     sampling = {"max_tokens": 4, "temperature": 0.0, "top_p": 1.0, "seed": None,
                 "ignore_eos": False}
     hand = httpx.post(url + "/internal/prefill", json={"request": req, "sampling": sampling},
+                      headers=AUTH,
                       timeout=30).json()
     assert len(hand["kv"]["blocks"]) == 4 and hand["kv"]["num_tokens"] == 64
     st = wstats(url)
@@ -160,12 +171,13 @@ def test_failed_transfer_fails_the_request_and_frees_both_sides(pd):
            "max_tokens": 4, "ttft": 10.0, "tbt": "inf", "slo_class": "default"}
     sampling = {"max_tokens": 4, "temperature": 0.0, "top_p": 1.0, "seed": None,
                 "ignore_eos": False}
-    hand = httpx.post(w["prefill0"] + "/internal/prefill", timeout=30,
+    hand = httpx.post(w["prefill0"] + "/internal/prefill", timeout=30, headers=AUTH,
                       json={"request": req, "sampling": sampling}).json()
     failures = wstats(w["decode0"])["transfer_failures"]
     body = {"request": req, "sampling": sampling, "first_token": hand["first_token"],
             "kv": {**hand["kv"], "agent": "not-that-agent", "url": w["prefill0"]}}
-    lines = httpx.post(w["decode0"] + "/internal/decode", json=body, timeout=30).text.splitlines()
+    lines = httpx.post(w["decode0"] + "/internal/decode", json=body, timeout=30,
+                       headers=AUTH).text.splitlines()
     err = json.loads(lines[-1])
     assert err["finish_reason"] == "error" and "KV transfer" in err["error"]
     dec = wait_free(w["decode0"])
@@ -177,7 +189,7 @@ def test_failed_transfer_fails_the_request_and_frees_both_sides(pd):
 
 def test_killed_decode_worker_fails_the_request_and_the_rest_keeps_serving(pd):
     w = workers(pd)
-    pid = httpx.get(w["decode0"] + "/internal/info").json()["pid"]
+    pid = httpx.get(w["decode0"] + "/internal/info", headers=AUTH).json()["pid"]
     body = {"model": "tiny", "prompt": "go on", "max_tokens": 5000, "stream": True,
             "ignore_eos": True}
     events = []

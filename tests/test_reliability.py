@@ -198,3 +198,15 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0():
     server.stop()
     assert result["r"].status_code == 200
     assert result["r"].json()["usage"]["completion_tokens"] == 300
+
+
+def test_workers_beyond_loopback_need_a_secret(monkeypatch):
+    from flowprefill.server.guards import INTERNAL_SECRET_ENV, internal_secret
+
+    monkeypatch.delenv(INTERNAL_SECRET_ENV, raising=False)
+    assert internal_secret(None, "127.0.0.1") is None  # loopback: the secret is optional
+    with pytest.raises(ValueError, match="deploy.secret"):
+        internal_secret(None, "0.0.0.0")
+    assert internal_secret("k", "10.1.2.3") == "k"
+    monkeypatch.setenv(INTERNAL_SECRET_ENV, "from-env")
+    assert internal_secret(None, "0.0.0.0") == "from-env"

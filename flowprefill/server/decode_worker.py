@@ -31,12 +31,12 @@ log = logging.getLogger("flowprefill.decode_worker")
 
 class DecodeWorker:
     def __init__(self, engine: DecodeOnlyEngine, agent: KVAgent, transfer_timeout: float,
-                 on_failure: str = "fail") -> None:
+                 on_failure: str = "fail", headers: dict[str, str] | None = None) -> None:
         if on_failure not in ("fail", "recompute"):
             raise ValueError(f"on_transfer_failure must be fail | recompute, not {on_failure}")
         self.engine, self.agent = engine, agent
         self.timeout, self.on_failure = transfer_timeout, on_failure
-        self.http = httpx.AsyncClient(timeout=5.0)
+        self.http = httpx.AsyncClient(timeout=5.0, headers=headers or {})  # secret for peers
         self.peers: dict[str, str] = {}  # prefill URL -> its agent's name
         self.transfers = self.transfer_bytes = self.transfer_failures = self.recomputes = 0
         self._tasks: set[asyncio.Task] = set()  # fire-and-forget releases, kept referenced

@@ -14,11 +14,29 @@ import os
 from flowprefill.server.protocol import error_body
 
 API_KEY_ENV = "FLOWPREFILL_API_KEY"
+INTERNAL_SECRET_ENV = "FLOWPREFILL_INTERNAL_SECRET"
+LOOPBACK = ("127.", "localhost", "::1", "[::1]")
 
 
 def resolve_api_key(configured: str | None) -> str | None:
     """`server.api_key`, else the FLOWPREFILL_API_KEY environment variable, else none."""
     return configured or os.environ.get(API_KEY_ENV) or None
+
+
+def internal_secret(configured: str | None, host: str) -> str | None:
+    """The PD workers' shared secret: `deploy.secret`, else FLOWPREFILL_INTERNAL_SECRET.
+
+    Workers reachable beyond loopback must have one: their endpoints move KV and start work.
+    """
+    secret = configured or os.environ.get(INTERNAL_SECRET_ENV) or None
+    if secret is None and not host.startswith(LOOPBACK):
+        raise ValueError(f"deploy.worker_host={host} is not loopback: set deploy.secret (or "
+                         f"{INTERNAL_SECRET_ENV}) so the internal worker APIs need it")
+    return secret
+
+
+def bearer(secret: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"} if secret else {}
 
 
 class Guards:

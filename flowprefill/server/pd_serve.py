@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 
 from flowprefill.config import (
@@ -22,8 +24,10 @@ from flowprefill.config import (
     PredictorConfig,
     ServerConfig,
 )
+from flowprefill.server.guards import bearer, internal_secret
 
 log = logging.getLogger("flowprefill.pd")
+WORKER_MAX_BODY = 64 * 1024 * 1024  # internal bodies carry whole prompts as token ids
 
 
 async def _serve(app, host: str, port: int,
@@ -70,9 +74,9 @@ def serve_prefill(model: ModelConfig, engine: EngineConfig, policy: PolicyConfig
 
     log.info("prefill worker (policy %s, agent %s) on %s:%d", policy.name, agent.name,
              deploy.worker_host, deploy.port)
+    app = guarded(build_prefill_app(eng, agent), deploy)
     try:
-        asyncio.run(_serve(build_prefill_app(eng, agent), deploy.worker_host, deploy.port,
-                           expire_leases))
+        asyncio.run(_serve(app, deploy.worker_host, deploy.port, expire_leases))
     finally:
         eng.shutdown()
 
@@ -93,9 +97,11 @@ def serve_decode(model: ModelConfig, engine: EngineConfig, policy: PolicyConfig,
     log.info("decode worker (agent %s) on %s:%d", agent.name, deploy.worker_host, deploy.port)
 
     async def main() -> None:
-        worker = DecodeWorker(eng, agent, deploy.transfer_timeout, deploy.on_transfer_failure)
+        worker = DecodeWorker(eng, agent, deploy.transfer_timeout, deploy.on_transfer_failure,
+                              headers=bearer(deploy.secret))
         try:
-            await _serve(build_decode_app(worker), deploy.worker_host, deploy.port)
+            await _serve(guarded(build_decode_app(worker), deploy), deploy.worker_host,
+                         deploy.port)
         finally:
             await worker.http.aclose()
 
@@ -125,10 +131,12 @@ def serve_proxy(model: ModelConfig, predictor: PredictorConfig, hardware: Hardwa
     if before is not None:
         before()
     # The model as the workers resolved it (a checkpoint's config.json wins over the preset)
-    info = httpx.get(prefill_urls[0].rstrip("/") + "/internal/info", timeout=10.0).json()
+    headers = bearer(deploy.secret)
+    info = httpx.get(prefill_urls[0].rstrip("/") + "/internal/info", timeout=10.0,
+                     headers=headers).json()
     router = Router(prefill_urls, decode_urls, cost.isolated_ttft)
     proxy = ProxyEngine(router, tokenizer, info["model"], info["max_model_len"],
-                        info["vocab_size"], deploy.health_interval)
+                        info["vocab_size"], deploy.health_interval, headers)
 
     async def main() -> None:
         await proxy.start()
@@ -142,10 +150,22 @@ def serve_proxy(model: ModelConfig, predictor: PredictorConfig, hardware: Hardwa
     asyncio.run(main())
 
 
+def guarded(app, deploy: DeployConfig):
+    """A worker app that answers only callers with the shared secret (/health stays open)."""
+    from flowprefill.server.guards import Guards
+
+    app.add_middleware(Guards, max_body_bytes=WORKER_MAX_BODY, api_key=deploy.secret)
+    return app
+
+
 def run_pd(model: ModelConfig, engine: EngineConfig, policy: PolicyConfig,
            predictor: PredictorConfig, hardware: HardwareConfig, server: ServerConfig,
            deploy: DeployConfig, max_decode_batch: int) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per internal call is noise
+    secret = internal_secret(deploy.secret, deploy.worker_host)
+    if secret is None and deploy.role == "all":  # workers we start share a fresh secret
+        secret = secrets.token_hex(16)
+    deploy = dataclasses.replace(deploy, secret=secret)
     if deploy.role == "prefill":
         serve_prefill(model, engine, policy, predictor, hardware, deploy)
     elif deploy.role == "decode":

@@ -57,7 +57,9 @@ def _error(message: str, code: str | None = "error") -> TokenOutput:
 
 class ProxyEngine:
     def __init__(self, router: Router, tokenizer: Tokenizer, model_name: str,
-                 max_model_len: int, vocab_size: int, health_interval: float = 0.5) -> None:
+                 max_model_len: int, vocab_size: int, health_interval: float = 0.5,
+                 headers: dict[str, str] | None = None) -> None:
+        self.headers = headers or {}  # the workers' shared secret
         self.router, self.tokenizer = router, tokenizer
         self.model_name, self.max_model_len, self.vocab_size = (model_name, max_model_len,
                                                                 vocab_size)
@@ -72,6 +74,7 @@ class ProxyEngine:
     # ------------------------------------------------------------------ lifecycle (in the loop)
     async def start(self) -> ProxyEngine:
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None),
+                                      headers=self.headers,
                                       limits=httpx.Limits(max_connections=None,
                                                           max_keepalive_connections=64))
         await self.router.poll(self.http)
