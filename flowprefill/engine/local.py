@@ -86,17 +86,28 @@ class LocalEngine:
             yield out
 
     async def outputs(self, stream: OutputStream) -> AsyncIterator[TokenOutput]:
-        """A registered stream's outputs until it finishes; leaving early aborts it."""
+        """A registered stream's outputs until it finishes; leaving early aborts it.
+
+        The stream is retired before its last output is handed over, so whoever sees the last
+        token also sees the request gone from the engine (as its KV blocks already are).
+        """
         try:
             while True:
                 out = await stream.queue.get()
+                last = out.finish_reason is not None
+                if last:
+                    self._retire(stream)
                 yield out
-                if out.finish_reason is not None:
+                if last:
                     return
         finally:
             if not stream.finished:
                 self.abort(stream.request.request_id)
-            self.streams.pop(stream.request.request_id, None)
+            self._retire(stream)
+
+    def _retire(self, stream: OutputStream) -> None:
+        if self.streams.get(stream.request.request_id) is stream:
+            del self.streams[stream.request.request_id]
             self.records.append(stream.record)
 
     def abort(self, request_id: str) -> None:

@@ -8,6 +8,7 @@ the engine only through `flowprefill.engine.api.EngineClient`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -166,41 +167,44 @@ def build_app(engine: EngineClient, cfg: ServerConfig) -> FastAPI:
         finished = False
         queued = True  # counts against the admission bounds until its first output
         try:
-            async for out in engine.generate(request, sampling):
-                if queued:
-                    queued = False
-                    admission.release(request.prompt_len)
-                if out.error is not None:
-                    finished = True
-                    if out.error_code == "rejected":
-                        metrics.requests.inc(outcome="rejected")
-                        raise APIError(429, out.error, kind="slo_unattainable")
-                    metrics.requests.inc(outcome="error")
-                    raise APIError(500, out.error, kind="engine_error")
-                finish = out.finish_reason
-                text = ""
-                if out.token_id is not None:
-                    now = time.perf_counter()
-                    if t_last is None:
-                        metrics.ttft.observe(now - t_start)
-                    else:
-                        metrics.tbt.observe(now - t_last)
-                    t_last = now
-                    text = stream.add(out.token_id)
-                    if stream.stopped:
-                        finish = "stop"
-                if finish is not None:
-                    finished = True
-                    if not stream.stopped:
-                        text += stream.flush()
-                    else:
-                        engine.abort(request.request_id)
-                    metrics.requests.inc(outcome=finish)
-                    metrics.e2e.observe(time.perf_counter() - t_start)
-                    yield text, finish, len(stream.token_ids)
-                    return
-                if text:
-                    yield text, None, len(stream.token_ids)
+            # aclosing: the engine's generator is closed here, on every path (finish, error,
+            # disconnect), not whenever the garbage collector gets to it
+            async with contextlib.aclosing(engine.generate(request, sampling)) as outs:
+                async for out in outs:
+                    if queued:
+                        queued = False
+                        admission.release(request.prompt_len)
+                    if out.error is not None:
+                        finished = True
+                        if out.error_code == "rejected":
+                            metrics.requests.inc(outcome="rejected")
+                            raise APIError(429, out.error, kind="slo_unattainable")
+                        metrics.requests.inc(outcome="error")
+                        raise APIError(500, out.error, kind="engine_error")
+                    finish = out.finish_reason
+                    text = ""
+                    if out.token_id is not None:
+                        now = time.perf_counter()
+                        if t_last is None:
+                            metrics.ttft.observe(now - t_start)
+                        else:
+                            metrics.tbt.observe(now - t_last)
+                        t_last = now
+                        text = stream.add(out.token_id)
+                        if stream.stopped:
+                            finish = "stop"
+                    if finish is not None:
+                        finished = True
+                        if not stream.stopped:
+                            text += stream.flush()
+                        else:
+                            engine.abort(request.request_id)
+                        metrics.requests.inc(outcome=finish)
+                        metrics.e2e.observe(time.perf_counter() - t_start)
+                        yield text, finish, len(stream.token_ids)
+                        return
+                    if text:
+                        yield text, None, len(stream.token_ids)
         finally:
             if queued:
                 admission.release(request.prompt_len)
