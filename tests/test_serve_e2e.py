@@ -34,7 +34,7 @@ def offline():
     return LLM(model="tiny", num_layers=2)
 
 
-def wait_all_free(server: ServerProcess, timeout: float = 20.0) -> dict:
+def wait_all_free(server: ServerProcess, timeout: float = 60.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         st = server.stats()
@@ -131,5 +131,5 @@ def test_disconnect_mid_prefill_frees_kv(server):
     with pytest.raises(httpx.TimeoutException):
         httpx.post(server.url + "/v1/completions", json=body, timeout=0.05)
     st = wait_all_free(server)
-    assert st["kv_blocks_free"] == st["kv_blocks_total"]
-    assert st["prefill_running"] == 0 and st["prefill_suspended"] == 0
+    assert st["kv_blocks_free"] == st["kv_blocks_total"], st
+    assert st["prefill_running"] == 0 and st["prefill_suspended"] == 0, st
