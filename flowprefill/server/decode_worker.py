@@ -14,7 +14,6 @@ import asyncio
 import base64
 import json
 import logging
-import os
 from collections.abc import AsyncIterator
 
 import httpx
@@ -24,7 +23,12 @@ from fastapi.responses import StreamingResponse
 from flowprefill.engine.disagg import DecodeOnlyEngine
 from flowprefill.kvcache import OutOfBlocksError
 from flowprefill.kvtransfer import KVAgent, TransferError
-from flowprefill.server.pd_wire import DECODE, request_from_wire, sampling_from_wire
+from flowprefill.server.pd_wire import (
+    DECODE,
+    request_from_wire,
+    sampling_from_wire,
+    worker_app,
+)
 
 log = logging.getLogger("flowprefill.decode_worker")
 
@@ -135,26 +139,7 @@ def _line(d: dict) -> str:
 
 
 def build_decode_app(worker: DecodeWorker) -> FastAPI:
-    app = FastAPI(title="FlowPrefill decode worker")
-    engine = worker.engine
-
-    @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", "role": DECODE, "agent": worker.agent.name}
-
-    @app.get("/internal/info")
-    async def info() -> dict:
-        return {"role": DECODE, "pid": os.getpid(), "model": engine.model_name,
-                "max_model_len": engine.max_model_len, "vocab_size": engine.vocab_size}
-
-    @app.get("/internal/stats")
-    async def stats() -> dict:
-        return worker.stats()
-
-    @app.post("/internal/abort")
-    async def abort(body: dict) -> dict:
-        engine.abort(body["request_id"])
-        return {"ok": True}
+    app = worker_app(DECODE, worker.engine, worker.agent.name, worker.stats)
 
     @app.post("/internal/decode")
     async def decode(body: dict) -> StreamingResponse:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from collections.abc import Callable
 
+from fastapi import FastAPI
 from fastapi import Request as HTTPRequest
 
 from flowprefill.core import SLO, Request
@@ -48,3 +51,29 @@ async def wait_disconnect(raw: HTTPRequest) -> None:
     """Returns when the peer closes the connection (the body is already read)."""
     while (await raw.receive())["type"] != "http.disconnect":
         pass
+
+
+def worker_app(role: str, engine, agent_name: str, stats: Callable[[], dict]) -> FastAPI:
+    """The endpoints every PD worker has: /health, /internal/info, /internal/stats and
+    /internal/abort; each role adds its own."""
+    app = FastAPI(title=f"FlowPrefill {role} worker")
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "role": role, "agent": agent_name}
+
+    @app.get("/internal/info")
+    async def info() -> dict:
+        return {"role": role, "pid": os.getpid(), "model": engine.model_name,
+                "max_model_len": engine.max_model_len, "vocab_size": engine.vocab_size}
+
+    @app.get("/internal/stats")
+    async def stats_() -> dict:
+        return stats()
+
+    @app.post("/internal/abort")
+    async def abort(body: dict) -> dict:
+        engine.abort(body["request_id"])
+        return {"ok": True}
+
+    return app

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import os
 
 from fastapi import FastAPI
 from fastapi import Request as HTTPRequest
@@ -25,24 +24,12 @@ from flowprefill.server.pd_wire import (
     request_from_wire,
     sampling_from_wire,
     wait_disconnect,
+    worker_app,
 )
 
 
 def build_prefill_app(engine: PrefillOnlyEngine, agent: KVAgent) -> FastAPI:
-    app = FastAPI(title="FlowPrefill prefill worker")
-
-    @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", "role": PREFILL, "agent": agent.name}
-
-    @app.get("/internal/info")
-    async def info() -> dict:
-        return {"role": PREFILL, "pid": os.getpid(), "model": engine.model_name,
-                "max_model_len": engine.max_model_len, "vocab_size": engine.vocab_size}
-
-    @app.get("/internal/stats")
-    async def stats() -> dict:
-        return engine.stats()
+    app = worker_app(PREFILL, engine, agent.name, engine.stats)
 
     @app.get("/internal/kv/meta")
     async def kv_meta() -> dict:
@@ -51,11 +38,6 @@ def build_prefill_app(engine: PrefillOnlyEngine, agent: KVAgent) -> FastAPI:
     @app.post("/internal/kv/release")
     async def release(body: dict) -> dict:
         return {"released": engine.release(body["request_id"])}
-
-    @app.post("/internal/abort")
-    async def abort(body: dict) -> dict:
-        engine.abort(body["request_id"])
-        return {"ok": True}
 
     @app.post("/internal/prefill")
     async def prefill(body: dict, raw: HTTPRequest) -> Response:
