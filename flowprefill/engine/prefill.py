@@ -128,11 +128,12 @@ class PrefillEngine:
     def _apply(self, d: Decision, at: float) -> None:
         now = self.clock.now()
         for job_id in d.drop:
-            job = self.jobs.pop(job_id, None)
-            if job is not None:
-                job.abort()  # frees every KV block of the job
-                if job is self.current:
+            job = self.jobs.get(job_id)
+            if job is not None:  # stats (read from other threads) never see a freed job
+                if job is self.current:  # running, nor a running job missing from `jobs`
                     self.current = None
+                del self.jobs[job_id]
+                job.abort()  # frees every KV block of the job
         for rid in d.rejected:
             if (s := self.streams.get(rid)) is not None:
                 s.fail(self._why_rejected(s.request), now, "rejected")
@@ -188,9 +189,9 @@ class PrefillEngine:
     def _fail(self, job: PrefillJob, error: Exception) -> None:
         """The job raised: fail its requests to their clients, free its state, go on."""
         log.exception("prefill job %d failed", job.job_id)
-        job.abort()
+        self.current = None  # in this order, as in _apply: stats stay consistent
         self.jobs.pop(job.job_id, None)
-        self.current = None
+        job.abort()
         now = self.clock.now()
         for r in job.job.requests:
             if (s := self.streams.get(r.request_id)) is not None:
@@ -205,8 +206,8 @@ class PrefillEngine:
 
     def _complete(self, job: PrefillJob) -> None:
         """Sample each request's first token; finished ones free their KV, others go on."""
-        del self.jobs[job.job_id]
         self.current = None
+        del self.jobs[job.job_id]
         self._mark(job, "prefill_end")
         streams = [self.streams.get(r.request_id) for r in job.job.requests]
         firsts = self._firsts.pop(job.job_id)
@@ -222,5 +223,7 @@ class PrefillEngine:
     # ------------------------------------------------------------------ stats
     @property
     def num_suspended(self) -> int:
+        """Read from other threads: `current` is cleared before its job leaves `jobs` and
+        `jobs` is read first here, so this is never negative."""
         return len(self.jobs) - (self.current is not None)
 
