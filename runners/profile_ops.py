@@ -8,8 +8,10 @@ attention backend) over the grid of `predictor.profile_data.ProfileGrid`: whole 
 packed batches of short requests, chunks attending to prefixes, decode steps. Each prefill
 point is run as the engine runs it, one `PrefillJob.step()` (one operator) at a time, each
 timed with the device synchronized before reading the clock; a decode point times
-`ModelRunner.decode`. Untimed warm-up first (once globally, and per point up to
-`warmup_max_tokens`), then `repeats` timed runs. Rows are appended to `PATH/profile.jsonl`
+`ModelRunner.decode`. Everything runs on a thread set up as the engine sets up its prefill
+thread (`ModelRunner.run_in_thread`), so the times are the serving engine's.
+Untimed warm-up first (once globally, and per point up to `warmup_max_tokens`), then
+`repeats` timed runs. Rows are appended to `PATH/profile.jsonl`
 as each point finishes, so an interrupted run resumes where it stopped (points already in the
 file are skipped; a file written with other settings is an error). `clock=thread_cpu`
 (single-threaded CPU engine only) reads CPU time instead of wall time, so the load of other
@@ -169,8 +171,8 @@ class Profiler:
 
 def machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "processor": platform.processor(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "load_avg_1_5_15min": os.getloadavg(), "python": platform.python_version(),
+            "cpu_count": os.cpu_count(), "load_avg_1_5_15min": os.getloadavg(),
+            "python": platform.python_version(),
             "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
@@ -186,6 +188,7 @@ def run(model_cfg: ModelConfig, engine_cfg: EngineConfig, hardware: HardwareConf
             "device": engine_cfg.device, "dtype": engine_cfg.dtype,
             "compile": engine_cfg.compile, "attention": engine_cfg.attention,
             "hardware": hardware.name, "threads": engine_cfg.threads, "clock": clock,
+            "timed_on": "engine_thread", "torch_threads": runner.threads,
             "max_position": cfg.max_position,
             "machine": machine(), "time": time.time(),
             "settings": {"grid": dataclasses.asdict(grid), "warmup": warmup,
@@ -200,7 +203,8 @@ def run(model_cfg: ModelConfig, engine_cfg: EngineConfig, hardware: HardwareConf
     append_row(out, meta)
     todo = [p for p in grid_points(grid, cfg.max_position) if p.key not in done_keys(rows)]
     profiler = Profiler(runner, grid.seed, clock)
-    with torch.inference_mode():
+
+    def measure_all() -> None:
         if todo:  # global warm-up: allocator, thread pool, compilation of the dynamic graphs
             for n in (16, 256, 1024):
                 profiler.prefill_once(Point("prompt", ((n, 0),), 1))
@@ -208,6 +212,8 @@ def run(model_cfg: ModelConfig, engine_cfg: EngineConfig, hardware: HardwareConf
             size = point.new_tokens + max(c for _, c in point.shape)
             w = warmup if point.case == "decode" or size <= warmup_max_tokens else 0
             append_row(out, profiler.measure(point, w, repeats))
+
+    runner.run_in_thread(measure_all)  # a thread set up as the engine's prefill thread
     return profile_file(out)
 
 

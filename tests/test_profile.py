@@ -60,6 +60,7 @@ def test_profile_writes_rows_and_resumes(profile_mod, tmp_path):
     meta = meta_of(rows)
     assert meta["model"] == "tiny" and meta["num_layers"] == 1 and meta["device"] == "cpu"
     assert "torch" in meta["machine"] and meta["settings"]["repeats"] == 2
+    assert meta["timed_on"] == "engine_thread"  # timed as the engine's prefill thread runs
     for s in samples(rows):
         assert s.e2e > 0
         if s.point.case != "decode":
@@ -86,3 +87,30 @@ def test_thread_cpu_clock_needs_a_single_threaded_cpu_engine(profile_mod, tmp_pa
         profile_mod.run(MODEL, ENGINE, HardwareConfig(), MINI, tmp_path, warmup=0, repeats=1,
                         warmup_max_tokens=0, progress=False, clock="thread_cpu")
     profile_mod.check_clock("thread_cpu", EngineConfig(threads=1))
+
+
+def test_run_in_thread_sets_up_the_thread_as_an_engine_thread():
+    import threading
+
+    import torch
+
+    from flowprefill.executor import ModelRunner
+
+    before = torch.get_num_threads()
+    try:
+        runner = ModelRunner(MODEL, EngineConfig(num_kv_blocks=16, threads=1))
+
+        def probe() -> tuple[str, int, bool]:
+            return (threading.current_thread().name, torch.get_num_threads(),
+                    torch.is_inference_mode_enabled())
+
+        # engine.threads reaches the new thread (OpenMP settings do not carry over)
+        assert runner.run_in_thread(probe) == ("runner-work", 1, True)
+
+        def boom() -> None:
+            raise KeyError("from the worker thread")
+
+        with pytest.raises(KeyError, match="from the worker thread"):
+            runner.run_in_thread(boom)
+    finally:
+        torch.set_num_threads(before)

@@ -39,6 +39,7 @@ class DecodeEngine:
         self.thread.join()
 
     def _loop(self) -> None:
+        self.runner.use_threads()
         while True:
             if not self.running and not self.waiting:
                 item = self.inbox.get()

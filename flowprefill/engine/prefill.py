@@ -68,6 +68,7 @@ class PrefillEngine:
 
     # ------------------------------------------------------------------ the loop
     def _loop(self) -> None:
+        self.runner.use_threads()
         while True:
             if self.current is None:  # idle: sleep until something happens
                 if not self._handle(*self.events.get()):

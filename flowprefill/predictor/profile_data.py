@@ -31,7 +31,7 @@ PROFILE_FILENAME = "profile.jsonl"
 CASES = ("prompt", "batch", "chunk", "decode")
 # Settings a profile and the run reading it must agree on (a mixed file is an error).
 IDENTITY = ("model", "num_layers", "device", "dtype", "compile", "attention", "hardware",
-            "threads", "clock")
+            "threads", "clock", "timed_on")
 
 
 @dataclass(frozen=True)
