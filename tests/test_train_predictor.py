@@ -4,6 +4,7 @@ by name."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -139,6 +140,12 @@ def test_train_on_a_real_profile_and_load_by_name(tiny_profile, tmp_path, monkey
         (tmp_path / "artifacts" / "tiny_a800").symlink_to(out)
         make_predictor(PredictorConfig(kind="fitted", path="auto"), MODEL,
                        HardwareConfig(name="a800"))
+    auto = PredictorConfig(kind="fitted", path="auto")
+    assert isinstance(make_predictor(auto, MODEL, hw, ENGINE), FittedPredictor)  # as profiled
+    for changed in ({"dtype": "bfloat16"}, {"threads": 1}, {"compile": True}):
+        key = next(iter(changed))  # an engine the profile did not time: named, not guessed
+        with pytest.raises(ValueError, match=f"engine.{key}"):
+            make_predictor(auto, MODEL, hw, dataclasses.replace(ENGINE, **changed))
     with pytest.raises(FileNotFoundError, match="train_predictor"):
         make_predictor(PredictorConfig(kind="fitted", path="auto"),
                        ModelConfig(name="other", num_layers=1), hw)

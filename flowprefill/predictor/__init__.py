@@ -9,7 +9,7 @@ model or the engine.
 
 from __future__ import annotations
 
-from flowprefill.config import HardwareConfig, ModelConfig, PredictorConfig
+from flowprefill.config import EngineConfig, HardwareConfig, ModelConfig, PredictorConfig
 from flowprefill.predictor.base import Predictor, chunk_shape, job_shape
 from flowprefill.predictor.correction import CorrectedPredictor, OnlineCorrection
 from flowprefill.predictor.cost import OP_KINDS, BatchShape, ForwardCost, op_kind
@@ -20,15 +20,23 @@ from flowprefill.predictor.roofline import RooflinePredictor
 KINDS = ("roofline", "fitted", "cubic")
 
 
-def _load(cfg: PredictorConfig, model: ModelConfig, hardware: HardwareConfig) -> Predictor:
-    expect = None
+# engine settings a profile records and `path: auto` must match (they change the costs)
+ENGINE_SETTINGS = ("device", "dtype", "compile", "attention", "threads")
+
+
+def _load(cfg: PredictorConfig, model: ModelConfig, hardware: HardwareConfig,
+          engine: EngineConfig | None) -> Predictor:
+    expect = settings = None
     path = cfg.path
     if path == AUTO:  # looked up by name: it must have been fitted for this model and machine
         path = str(artifact_dir(model.name, hardware.name))
         expect = {"model": model.name, "hardware": hardware.name}
+        if engine is not None:  # ... and profiled with this engine's settings
+            settings = {k: getattr(engine, k) for k in ENGINE_SETTINGS}
     try:
         if cfg.kind == "fitted":
-            return FittedPredictor.load(path, num_layers=model.num_layers, expect=expect)
+            return FittedPredictor.load(path, num_layers=model.num_layers, expect=expect,
+                                        settings=settings)
         if path is None:
             raise FileNotFoundError("predictor=cubic needs predictor.path (the directory "
                                     "train_predictor.py wrote, or `auto`)")
@@ -39,13 +47,14 @@ def _load(cfg: PredictorConfig, model: ModelConfig, hardware: HardwareConfig) ->
         raise
 
 
-def make_predictor(cfg: PredictorConfig, model: ModelConfig,
-                   hardware: HardwareConfig) -> Predictor:
-    """The predictor a config names."""
+def make_predictor(cfg: PredictorConfig, model: ModelConfig, hardware: HardwareConfig,
+                   engine: EngineConfig | None = None) -> Predictor:
+    """The predictor a config names (`engine`: the engine it will price, when there is one;
+    an artifact found by `path: auto` must have been profiled with its settings)."""
     if cfg.kind == "roofline":
         pred: Predictor = RooflinePredictor(model, hardware)
     elif cfg.kind in ("fitted", "cubic"):
-        pred = _load(cfg, model, hardware)
+        pred = _load(cfg, model, hardware, engine)
     else:
         raise ValueError(f"unknown predictor kind {cfg.kind!r} ({' | '.join(KINDS)})")
     if cfg.correction > 0.0:

@@ -122,8 +122,10 @@ def save_artifact(path: str | Path, ops: Mapping[str, Mapping[str, float]], *,
 
 
 def check_identity(path: Path, data: Mapping[str, Any], num_layers: int | None,
-                   expect: Mapping[str, Any] | None) -> None:
-    """A clear error when an artifact was fitted for another model or machine."""
+                   expect: Mapping[str, Any] | None,
+                   settings: Mapping[str, Any] | None = None) -> None:
+    """A clear error when an artifact was fitted for another model, machine or engine
+    setting (`settings`: engine keys the profile recorded, such as dtype or threads)."""
     if num_layers is not None and data.get("num_layers") != num_layers:
         raise ValueError(f"{path}: fitted for {data.get('num_layers')} layers "
                          f"({data.get('model')}), the model has {num_layers}")
@@ -131,6 +133,12 @@ def check_identity(path: Path, data: Mapping[str, Any], num_layers: int | None,
         if data.get(key) != want:
             raise ValueError(f"{path}: fitted for {key}={data.get(key)!r}, this run has "
                              f"{key}={want!r} (re-profile and train, or pass another path)")
+    have = data.get("settings", {})
+    for key, want in (settings or {}).items():
+        if key in have and have[key] != want:
+            raise ValueError(f"{path}: profiled with engine.{key}={have[key]!r}, this engine "
+                             f"has engine.{key}={want!r} (profile and train with these "
+                             "settings, or name the artifact in predictor.path)")
 
 
 class FittedPredictor(Predictor):
@@ -142,13 +150,14 @@ class FittedPredictor(Predictor):
 
     @classmethod
     def load(cls, path: str | Path | None, num_layers: int | None = None,
-             expect: Mapping[str, Any] | None = None) -> FittedPredictor:
-        """Load an artifact; `num_layers` (the model being served) and each `expect` key
-        (model, hardware) must match if given."""
+             expect: Mapping[str, Any] | None = None,
+             settings: Mapping[str, Any] | None = None) -> FittedPredictor:
+        """Load an artifact; `num_layers` (the model being served), each `expect` key
+        (model, hardware) and each engine `settings` key must match if given."""
         p = resolve_artifact(path)
         data = json.loads(p.read_text())
         validate_artifact(data)
-        check_identity(p, data, num_layers, expect)
+        check_identity(p, data, num_layers, expect, settings)
         meta = {k: data.get(k) for k in ("model", "hardware")} | dict(data.get("meta", {}))
         meta["settings"] = data.get("settings", {})
         meta["decode"] = data.get("decode")
