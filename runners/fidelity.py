@@ -7,8 +7,10 @@ requests (same ids, arrivals and SLOs) with the fitted artifact, and compare: pe
 relative error (median, p90, signed median), and the differences in TTFT attainment (points)
 and goodput. Requests ask for one output token: the simulator models the prefill worker.
 With `calibrate=true` the simulation is repeated with the device charged the artifact's costs
-times the slowdown measured just before the real run (a few timed forwards in this process),
-for profiles taken in CPU time (`clock=thread_cpu`) replayed on a machine others load.
+times the serving slowdown measured on the real server just before the replay (isolated
+requests of `calibrate_lengths`, sent one at a time; per size bucket the median ratio of their
+TTFT to its prediction, `OnlineCorrection.calibrate`): what the profile does not see (the HTTP
+path, the server process's threads, a machine others load).
 
 `mode=correction`: prefill a cycle of prompt lengths in-process, first on an idle machine,
 then with `burners` CPU-bound processes started beside it, then idle again; each forward is
@@ -16,7 +18,8 @@ predicted before it runs by the fitted model alone and by the same model with th
 correction (fed each operator's measured time, as the engine does); reports both errors per
 phase.
 
-Results go to `out` (JSON) with the machine's load average before and after.
+Results go to `out` (JSON) with the machine's load average before and after; the per-request
+records of both sides to `<run dir>/<policy>/{real,sim}/records.jsonl`.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from flowprefill.config import (  # noqa: E402
     register_configs,
 )
 from flowprefill.metrics import RequestRecord, percentile, summarize  # noqa: E402
-from flowprefill.predictor import Predictor  # noqa: E402
+from flowprefill.metrics.sinks import JsonSink  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,8 +104,11 @@ def _artifact_path(path: str) -> str:
     return path if path == "auto" else hydra.utils.to_absolute_path(path)
 
 
-def real_run(cfg: DictConfig, policy: PolicyConfig, requests: list, run_dir: Path) -> list:
-    """Client-side records of replaying `requests` against serve.py running `policy`."""
+def real_run(cfg: DictConfig, policy: PolicyConfig, requests: list,
+             run_dir: Path) -> tuple[list, list[tuple[int, float]]]:
+    """Client-side records of replaying `requests` against serve.py running `policy`, and
+    (with `calibrate`) the isolated TTFTs of `calibrate_lengths` measured on the same server
+    just before the replay."""
     from flowprefill.workload.replay import ReplaySettings, replay, warm_up
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -115,9 +121,32 @@ def real_run(cfg: DictConfig, policy: PolicyConfig, requests: list, run_dir: Pat
         s = ReplaySettings(url=server.url, model=cfg.model.name, max_output_tokens=1,
                            timeout=cfg.timeout, seed=cfg.workload.seed)
         asyncio.run(warm_up(s, cfg.warmup))
-        return asyncio.run(replay(requests, s))
+        isolated = asyncio.run(isolated_ttfts(s, cfg.calibrate_lengths)) if cfg.calibrate else []
+        return asyncio.run(replay(requests, s)), isolated
     finally:
         server.stop()
+
+
+async def isolated_ttfts(s, lengths: Sequence[int]) -> list[tuple[int, float]]:
+    """Client-side TTFT of one request at a time (greedy, one token, streamed) per length."""
+    import httpx
+
+    out = []
+    headers = {"Authorization": f"Bearer {s.api_key}"} if s.api_key else {}
+    async with httpx.AsyncClient(timeout=s.timeout, headers=headers) as client:
+        for i, n in enumerate(lengths):
+            body = {"model": s.model, "prompt": [1000 + (7919 * (i + 1) + j) % 29000
+                                                  for j in range(n)],
+                    "max_tokens": 1, "temperature": 0.0, "stream": True}
+            t0 = time.perf_counter()
+            async with client.stream("POST", f"{s.url}/v1/completions", json=body) as resp:
+                resp.raise_for_status()
+                async for line in resp.aiter_lines():
+                    if line.startswith("data: "):
+                        out.append((n, time.perf_counter() - t0))
+                        break
+            await asyncio.sleep(0.05)
+    return out
 
 
 def replay_fidelity(cfg: DictConfig, run_dir: Path) -> dict:
@@ -141,50 +170,30 @@ def replay_fidelity(cfg: DictConfig, run_dir: Path) -> dict:
                          sim=from_hydra(SimConfig, cfg.sim))
         requests = build_requests(workload, slo, cost_models(setup).truth.isolated_ttft)
         load_before = os.getloadavg()
-        factor = slowdown(cfg, cost_models(setup).predictor) if cfg.calibrate else None
-        real = real_run(cfg, policy, requests, run_dir / name)
+        real, isolated = real_run(cfg, policy, requests, run_dir / name)
+        base = cost_models(setup).predictor
         _, result = run_with_result(setup)
+        JsonSink(run_dir / name / "real").log_records(real)
+        JsonSink(run_dir / name / "sim").log_records(result.records)
         res = compare(real, result.records)
-        if factor is not None:  # the device charged `factor` x the profile: the load now
-            base = cost_models(setup).predictor
+        if isolated:  # the device charged the profile's costs x the slowdown as served now
             corr = OnlineCorrection()
-            corr.machine = factor
+            corr.calibrate((n, t / base.isolated_ttft(n)) for n, t in isolated)
             sim = Simulator(policy, base, setup.sim, truth=CorrectedPredictor(base, corr))
-            res["load_calibrated"] = compare(real, sim.run(requests).records)
-            res["load_calibrated"]["slowdown"] = factor
+            res["calibrated"] = compare(real, sim.run(requests).records)
+            res["calibrated"]["factors"] = corr.snapshot()
+            res["calibrated"]["isolated"] = [
+                {"prompt_len": n, "ttft": t, "predicted": base.isolated_ttft(n)}
+                for n, t in isolated]
         res["load_avg_before_after"] = [load_before, os.getloadavg()]
         res["requests"] = len(requests)
         out["policies"][name] = res
-        for label, r in (("", res), (" (load-calibrated)", res.get("load_calibrated"))):
+        for label, r in (("", res), (" (calibrated)", res.get("calibrated"))):
             if r:
                 print(f"{name}{label}: median TTFT err {r['ttft_rel_err_median']:.1%}, p90 "
                       f"{r['ttft_rel_err_p90']:.1%}, attainment real {r['attainment_real']:.3f}"
                       f" sim {r['attainment_sim']:.3f} ({r['attainment_diff_points']:+.1f} pts)")
     return out
-
-
-def slowdown(cfg: DictConfig, predictor: Predictor) -> float:
-    """Wall time of a few isolated forwards here and now over their prediction: how much
-    slower the machine is than when (and how) it was profiled (e.g. CPU time on a shared box).
-    """
-    import torch
-
-    from flowprefill.core import SLO, Job, Request
-    from flowprefill.executor import ModelRunner
-
-    runner = ModelRunner(from_hydra(ModelConfig, cfg.model), from_hydra(EngineConfig, cfg.engine))
-    ratios = []
-    with torch.inference_mode():
-        for i, n in enumerate([256, *cfg.calibrate_lengths]):  # the first is a warm-up
-            req = Request(f"cal{i}", 0.0, n, SLO(1.0), prompt_token_ids=tuple(range(1, n + 1)))
-            pj = runner.prefill_job(Job(i, (req,)), granularity="operator")
-            t0 = time.perf_counter()
-            pj.run()
-            wall = time.perf_counter() - t0
-            runner.free(req.request_id)
-            if i:
-                ratios.append(wall / predictor.isolated_ttft(n))
-    return statistics.median(ratios)
 
 
 # --------------------------------------------------------------------------- correction mode
@@ -211,7 +220,9 @@ def correction_under_load(cfg: DictConfig) -> dict:
     lengths, n_jobs = list(cfg.correction.lengths), int(cfg.correction.jobs_per_phase)
     phases: dict[str, dict] = {}
     counter = 0
-    with torch.inference_mode():
+
+    def run_phases() -> None:  # on a thread set up as the engine's prefill thread
+        nonlocal counter
         for phase in ("idle", "loaded", "idle_again"):
             burners = []
             if phase == "loaded":
@@ -248,6 +259,8 @@ def correction_under_load(cfg: DictConfig) -> dict:
                              "factors": corr.correction.snapshot()}
             print(f"{phase}: MAPE fitted {phases[phase]['mape_plain']:.1%}, with correction "
                   f"{phases[phase]['mape_corrected']:.1%}")
+
+    runner.run_in_thread(run_phases)
     return {"phases": phases, "alpha": cfg.correction.alpha, "burners": cfg.correction.burners,
             "lengths": lengths}
 

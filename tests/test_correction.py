@@ -82,3 +82,21 @@ def test_config_without_correction_is_the_plain_predictor():
     assert not isinstance(p, CorrectedPredictor)
     with pytest.raises(ValueError, match="correction"):
         OnlineCorrection(alpha=0.0)
+
+
+def test_calibrate_sets_per_size_factors_from_whole_forwards():
+    c = OnlineCorrection()
+    c.observe("mlp", 100, measured=3e-3, predicted=1e-3)  # replaced by the calibration
+    version = c.version
+    c.calibrate([(128, 1.5), (128, 1.7), (130, 1.6), (1024, 1.2), (2048, 1.1)])
+    assert c.version > version
+    for kind in ("embed", "attention", "mlp", "final"):
+        assert c.factor(kind, 128) == pytest.approx(1.6)  # median of its bucket
+        assert c.factor(kind, 1500) == pytest.approx(1.2)  # 1024 and 1500 share a bucket
+        assert c.factor(kind, 2048) == pytest.approx(1.1)
+        assert c.factor(kind, 9000) == pytest.approx(1.5)  # unmeasured: median of all
+    base = UnitPredictor()
+    corrected = CorrectedPredictor(base, c)
+    assert corrected.isolated_ttft(128) == pytest.approx(1.6 * base.isolated_ttft(128))
+    with pytest.raises(ValueError, match="at least one"):
+        OnlineCorrection().calibrate([])

@@ -12,8 +12,11 @@ is its cost (CPU, or a synchronized device). Must not import torch.
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Iterable
+
 from flowprefill.predictor.base import Predictor
-from flowprefill.predictor.cost import BatchShape, ForwardCost
+from flowprefill.predictor.cost import OP_KINDS, BatchShape, ForwardCost
 
 
 def size_bucket(tokens: int) -> int:
@@ -58,6 +61,23 @@ class OnlineCorrection:
             self._resid[key] = rel if old is None else old + self.resid_alpha * (rel - old)
         self.version += 1
         self.observations += 1
+
+    def calibrate(self, ratios: Iterable[tuple[int, float]]) -> None:
+        """Set the factors from (new tokens, measured / predicted) of whole forwards, such as
+        isolated requests timed end to end: per size bucket the median ratio, for every op
+        kind; sizes not measured use the median of all. The machine-wide ratio is reset."""
+        by_bucket: dict[int, list[float]] = {}
+        for tokens, r in ratios:
+            by_bucket.setdefault(size_bucket(tokens), []).append(r)
+        if not by_bucket:
+            raise ValueError("calibration needs at least one measured ratio")
+        overall = statistics.median(r for rs in by_bucket.values() for r in rs)
+        self.machine = 1.0
+        for kind in OP_KINDS:
+            self._resid[(kind, None)] = overall
+            for b, rs in by_bucket.items():
+                self._resid[(kind, b)] = statistics.median(rs)
+        self.version += 1
 
     def factor(self, kind: str, tokens: int) -> float:
         return self.machine * self._residual(kind, size_bucket(tokens))
