@@ -206,6 +206,11 @@ class DeployConfig:
     on_transfer_failure: str = "fail"  # fail | recompute (prefill again on the decode side)
     health_interval: float = 0.5  # seconds between the proxy's polls of worker stats
     startup_timeout: float = 300.0  # seconds workers get to become healthy
+    # role=all restarts a worker that dies (same role and port; the proxy's health poll picks
+    # it up again) after restart_delay seconds, doubling with each restart; at most
+    # max_restarts times per worker (0 = never restart)
+    max_restarts: int = 5
+    restart_delay: float = 1.0
     # shared secret of the internal worker APIs (else FLOWPREFILL_INTERNAL_SECRET); required
     # when workers bind beyond loopback; role=all makes a fresh one when none is given
     secret: str | None = None

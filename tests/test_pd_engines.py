@@ -73,3 +73,12 @@ def test_decode_only_recompute_continues_like_colocated(expected):
         assert eng.runner.blocks.num_free == 64 and not eng.streams
     finally:
         eng.shutdown()
+
+
+def test_worker_group_rejects_bad_restart_settings():
+    from flowprefill.server.pd_launch import WorkerGroup
+
+    with pytest.raises(ValueError, match="deploy.max_restarts"):
+        WorkerGroup({}, 8, max_restarts=-1)
+    with pytest.raises(ValueError, match="deploy.restart_delay"):
+        WorkerGroup({}, 8, max_restarts=1, restart_delay=-0.5)

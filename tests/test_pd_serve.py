@@ -1,6 +1,7 @@
 """`serve.py deploy=pd` end to end: real proxy, two prefill and one decode worker processes,
 real NIXL. Idle prefill workers tie on predicted delay and the lower index wins, so serial
-requests all go to prefill0. Module order matters: the last test kills the decode worker.
+requests all go to prefill0. Module order matters: the last tests kill workers (the launcher
+restarts them after deploy.restart_delay, long enough for the tests to see them dead first).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ SMALL = ("model.num_layers=2",)
 SECRET = "internal-test-secret"  # without one, role=all makes a fresh secret per launch
 AUTH = {"Authorization": f"Bearer {SECRET}"}
 PD = ("deploy=pd", "deploy.prefill_workers=2", "deploy.lease_timeout=3",
-      "deploy.health_interval=0.2", f"deploy.secret={SECRET}")
+      "deploy.health_interval=0.2", f"deploy.secret={SECRET}", "deploy.restart_delay=4")
 PROMPTS = ["Hello world, this is a test", "The quick brown fox", [11, 22, 33, 44, 55, 66, 77],
            list(range(2000, 2300))]
 CHAT = [{"role": "user", "content": "Say something."}]
@@ -59,6 +60,26 @@ def wait_free(url: str, timeout: float = 10.0) -> dict:
         if (idle and st.get("kv_leased", 0) == 0) or time.monotonic() > deadline:
             return st
         time.sleep(0.05)
+
+
+def pid_of(url: str) -> int:
+    return httpx.get(url + "/internal/info", headers=AUTH, timeout=5).json()["pid"]
+
+
+def routed(server: ServerProcess) -> dict[str, int]:
+    return {w["name"]: w["routed"] for w in server.stats()["workers"]}
+
+
+def wait_alive(server: ServerProcess, name: str, alive: bool, timeout: float) -> None:
+    """Until the proxy's health report shows worker `name` alive (or dead)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        health = httpx.get(server.url + "/health", timeout=5).json()
+        state = {x["name"]: x["alive"] for x in health["workers"]}
+        if state[name] == alive:
+            return
+        assert time.monotonic() < deadline, (name, alive, health, server.logs())
+        time.sleep(0.1)
 
 
 def outputs(url: str) -> list:
@@ -187,6 +208,44 @@ def test_failed_transfer_fails_the_request_and_frees_both_sides(pd):
     assert pre["kv_blocks_free"] == pre["kv_blocks_total"] and pre["kv_leased"] == 0
 
 
+def test_killed_prefill_worker_is_routed_around_then_restarted_and_used_again(pd):
+    w = workers(pd)
+    pid = pid_of(w["prefill0"])
+    long = {"model": "tiny", "prompt": list(range(100, 16100)), "max_tokens": 4}
+    result: dict = {}
+
+    def go() -> None:
+        result["r"] = httpx.post(pd.url + "/v1/completions", json=long, timeout=60)
+    t = threading.Thread(target=go)
+    t.start()
+    deadline = time.monotonic() + 20
+    while wstats(w["prefill0"])["prefill_running"] == 0:  # in prefill0's engine now
+        assert time.monotonic() < deadline and t.is_alive()
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    t.join()
+    r = result["r"]
+    assert r.status_code == 500 and "prefill worker prefill0" in r.json()["error"]["message"]
+    wait_alive(pd, "prefill0", False, timeout=5)
+    before = routed(pd)
+    short = {"model": "tiny", "prompt": "still here?", "max_tokens": 3}
+    ok = httpx.post(pd.url + "/v1/completions", json=short, timeout=30)
+    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 3
+    after = routed(pd)
+    assert (after["prefill0"] - before["prefill0"], after["prefill1"] - before["prefill1"]) == (
+        0, 1)
+    # the launcher restarts prefill0 on its port; the proxy's health poll routes to it again,
+    # and the decode worker pulls KV from the new process's NIXL agent
+    wait_alive(pd, "prefill0", True, timeout=120)
+    assert pid_of(w["prefill0"]) != pid
+    again = httpx.post(pd.url + "/v1/completions", json=short, timeout=30)
+    assert again.status_code == 200 and again.json()["usage"]["completion_tokens"] == 3
+    assert routed(pd)["prefill0"] == after["prefill0"] + 1  # idle tie: the lower index
+    for name in ("prefill0", "prefill1", "decode0"):
+        st = wait_free(w[name])
+        assert st["kv_blocks_free"] == st["kv_blocks_total"] and st.get("kv_leased", 0) == 0, name
+
+
 def test_killed_decode_worker_fails_the_request_and_the_rest_keeps_serving(pd):
     w = workers(pd)
     pid = httpx.get(w["decode0"] + "/internal/info", headers=AUTH).json()["pid"]
@@ -219,3 +278,44 @@ def test_killed_decode_worker_fails_the_request_and_the_rest_keeps_serving(pd):
                       json={"model": "tiny", "prompt": "abc", "max_tokens": 4})
     assert more.status_code == 500 and "no live decode worker" in more.json()["error"]["message"]
     assert wait_free(w["prefill0"])["kv_leased"] == 0
+    wait_alive(pd, "decode0", True, timeout=120)  # restarted by the launcher, picked up again
+    assert pid_of(w["decode0"]) != pid
+    back = httpx.post(pd.url + "/v1/completions", timeout=30,
+                      json={"model": "tiny", "prompt": "abc", "max_tokens": 4,
+                            "ignore_eos": True})
+    assert back.status_code == 200 and back.json()["usage"]["completion_tokens"] == 4
+    assert httpx.get(pd.url + "/health").json()["status"] == "ok"
+
+
+def test_sigterm_drains_in_flight_requests_then_stops_every_worker():
+    s = ServerProcess(*SMALL, "deploy=pd", f"deploy.secret={SECRET}", "server.grace_period=30")
+    pids = {name: pid_of(url) for name, url in workers(s).items()}
+    result: dict = {}
+
+    def go() -> None:
+        result["r"] = httpx.post(s.url + "/v1/completions", timeout=90, json={
+            "model": "tiny", "prompt": "tell me", "max_tokens": 200, "ignore_eos": True})
+    t = threading.Thread(target=go)
+    t.start()
+    deadline = time.monotonic() + 30
+    while wstats(workers(s)["decode0"])["decode_running"] == 0:
+        assert time.monotonic() < deadline and t.is_alive(), s.logs()
+        time.sleep(0.02)
+    s.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10  # stops accepting while it drains
+    while True:
+        try:
+            httpx.get(s.url + "/health", timeout=1)
+        except httpx.ConnectError:
+            break
+        assert time.monotonic() < deadline, s.logs()
+        time.sleep(0.05)
+    t.join()
+    assert s.proc.wait(timeout=60) == 0, s.logs()
+    s.stop()
+    r = result["r"]
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 200
+    for name, pid in pids.items():  # reaped by the launcher before it exited: no orphans
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+            pytest.fail(f"{name} (pid {pid}) outlived the server")

@@ -30,8 +30,9 @@ log = logging.getLogger("flowprefill.pd")
 WORKER_MAX_BODY = 64 * 1024 * 1024  # internal bodies carry whole prompts as token ids
 
 
-async def _serve(app, host: str, port: int,
+async def _serve(app, host: str, port: int, grace: float,
                  background: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Serve until SIGINT/SIGTERM; then stop accepting and give open requests `grace` s."""
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -42,7 +43,7 @@ async def _serve(app, host: str, port: int,
             self._captured_signals.clear()
 
     server = Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                   timeout_graceful_shutdown=3))
+                                   timeout_graceful_shutdown=grace))
     task = asyncio.ensure_future(background()) if background is not None else None
     try:
         await server.serve()
@@ -55,7 +56,7 @@ async def _serve(app, host: str, port: int,
 
 def serve_prefill(model: ModelConfig, engine: EngineConfig, policy: PolicyConfig,
                   predictor: PredictorConfig, hardware: HardwareConfig,
-                  deploy: DeployConfig) -> None:
+                  deploy: DeployConfig, grace: float) -> None:
     from flowprefill.engine.build import build_local_engine
     from flowprefill.engine.disagg import PrefillOnlyEngine
     from flowprefill.kvtransfer import KVAgent
@@ -76,14 +77,14 @@ def serve_prefill(model: ModelConfig, engine: EngineConfig, policy: PolicyConfig
              deploy.worker_host, deploy.port)
     app = guarded(build_prefill_app(eng, agent), deploy)
     try:
-        asyncio.run(_serve(app, deploy.worker_host, deploy.port, expire_leases))
+        asyncio.run(_serve(app, deploy.worker_host, deploy.port, grace, expire_leases))
     finally:
         eng.shutdown()
 
 
 def serve_decode(model: ModelConfig, engine: EngineConfig, policy: PolicyConfig,
                  predictor: PredictorConfig, hardware: HardwareConfig, deploy: DeployConfig,
-                 max_decode_batch: int) -> None:
+                 max_decode_batch: int, grace: float) -> None:
     from flowprefill.engine.build import build_local_engine
     from flowprefill.engine.disagg import DecodeOnlyEngine
     from flowprefill.kvtransfer import KVAgent
@@ -101,7 +102,7 @@ def serve_decode(model: ModelConfig, engine: EngineConfig, policy: PolicyConfig,
                               headers=bearer(deploy.secret))
         try:
             await _serve(guarded(build_decode_app(worker), deploy), deploy.worker_host,
-                         deploy.port)
+                         deploy.port, grace)
         finally:
             await worker.http.aclose()
 
@@ -141,7 +142,8 @@ def serve_proxy(model: ModelConfig, predictor: PredictorConfig, hardware: Hardwa
     async def main() -> None:
         await proxy.start()
         try:
-            await _serve(build_app(proxy, server), server.host, server.port)
+            await _serve(build_app(proxy, server), server.host, server.port,
+                         server.grace_period)
         finally:
             await proxy.close()
 
@@ -167,9 +169,10 @@ def run_pd(model: ModelConfig, engine: EngineConfig, policy: PolicyConfig,
         secret = secrets.token_hex(16)
     deploy = dataclasses.replace(deploy, secret=secret)
     if deploy.role == "prefill":
-        serve_prefill(model, engine, policy, predictor, hardware, deploy)
+        serve_prefill(model, engine, policy, predictor, hardware, deploy, server.grace_period)
     elif deploy.role == "decode":
-        serve_decode(model, engine, policy, predictor, hardware, deploy, max_decode_batch)
+        serve_decode(model, engine, policy, predictor, hardware, deploy, max_decode_batch,
+                     server.grace_period)
     elif deploy.role == "proxy":
         serve_proxy(model, predictor, hardware, server, deploy, list(deploy.prefill_urls),
                     list(deploy.decode_urls))
@@ -186,15 +189,19 @@ def _run_all(configs: dict, max_decode_batch: int) -> None:
     from flowprefill.server.pd_launch import WorkerGroup, free_port
 
     deploy: DeployConfig = configs["deploy"]
-    group = WorkerGroup(configs, max_decode_batch)
+    group = WorkerGroup(configs, max_decode_batch, deploy.max_restarts, deploy.restart_delay)
     roles = ["prefill"] * deploy.prefill_workers + ["decode"] * deploy.decode_workers
     try:
         for i, role in enumerate(roles):
             port = deploy.base_port + i if deploy.base_port else free_port(deploy.worker_host)
             group.spawn(role, deploy.worker_host, port)
         urls = {r: [w.url for w in group.procs if w.role == r] for r in ("prefill", "decode")}
+
+        def ready() -> None:
+            group.wait_healthy(deploy.startup_timeout)
+            group.supervise()
+
         serve_proxy(configs["model"], configs["predictor"], configs["hardware"],
-                    configs["server"], deploy, urls["prefill"], urls["decode"],
-                    before=lambda: group.wait_healthy(deploy.startup_timeout))
-    finally:
-        group.stop()
+                    configs["server"], deploy, urls["prefill"], urls["decode"], before=ready)
+    finally:  # the proxy has drained (server.grace_period); the workers have nothing left
+        group.stop(grace=configs["server"].grace_period + 5.0)
