@@ -61,3 +61,21 @@ def test_experiment_multirun_starts_and_stops_a_server_per_run(tmp_path):
         policies.add(s["policy"])
         assert (path.parent / "server.log").exists()
     assert policies == {"fcfs", "flowprefill"}
+
+
+def test_burst_benchmark_records_outcomes_and_memory_per_burst(tmp_path):
+    out = tmp_path / "burst.json"
+    env = dict(os.environ, WANDB_MODE="disabled")
+    subprocess.run(
+        [sys.executable, str(ROOT / "runners" / "bench_burst.py"), "bursts=2", "size=60",
+         "serve=['model.num_layers=1','server.max_waiting=8']", f"out={out}",
+         f"hydra.run.dir={tmp_path}/run"], cwd=ROOT, env=env, check=True, timeout=300)
+    result = json.loads(out.read_text())
+    rows = result["bursts"]
+    assert [r["burst"] for r in rows] == [0, 1, 2]
+    for r in rows[1:]:
+        assert r["served"] + r["refused"] == 60 and r["server_errors"] == 0
+        assert r["refused"] >= 1  # max_waiting=8 cannot hold a burst of 60
+        assert r["idle"] and r["kv_blocks_free"] == r["kv_blocks_total"]
+    assert all(r["rss_mb"] > 50 for r in rows)  # the server's process tree, measured
+    assert result["server_exit_code"] == 0 and result["all_settled"]
