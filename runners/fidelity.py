@@ -34,6 +34,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -55,6 +56,9 @@ from flowprefill.config import (  # noqa: E402
 )
 from flowprefill.metrics import RequestRecord, percentile, summarize  # noqa: E402
 from flowprefill.metrics.sinks import JsonSink  # noqa: E402
+
+if TYPE_CHECKING:
+    from flowprefill.workload.replay import ReplaySettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,7 +131,7 @@ def real_run(cfg: DictConfig, policy: PolicyConfig, requests: list,
         server.stop()
 
 
-async def isolated_ttfts(s, lengths: Sequence[int]) -> list[tuple[int, float]]:
+async def isolated_ttfts(s: ReplaySettings, lengths: Sequence[int]) -> list[tuple[int, float]]:
     """Client-side TTFT of one request at a time (greedy, one token, streamed) per length."""
     import httpx
 

@@ -47,3 +47,38 @@ def test_compare_skips_unserved(fidelity):
 def test_policy_configs_load(fidelity):
     assert fidelity.policy_config("fcfs").granularity == "none"
     assert fidelity.policy_config("flowprefill").order == "sedf"
+
+
+@pytest.mark.slow
+def test_replay_against_a_real_server_with_serving_calibration(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from flowprefill.predictor.fitted import save_artifact
+    from tests.server_proc import ROOT
+
+    ops = {"embed": {"const": 2e-5, "tokens": 1e-7}, "attention": {"const": 1e-4, "tokens": 3e-6},
+           "mlp": {"const": 5e-5, "tokens": 6e-6}, "final": {"const": 3e-3}}
+    art = tmp_path / "art"
+    art.mkdir()
+    save_artifact(art / "predictor.json", ops, num_layers=1, model="tiny", hardware="cpu")
+    out = tmp_path / "fidelity.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "runners" / "fidelity.py"), "model.num_layers=1",
+         f"predictor.path={art}", "policies=[fcfs]", "workload.max_requests=4",
+         "workload.rate_scale=10", "warmup=1", "calibrate_lengths=[32,32,300]",
+         f"out={out}", f"hydra.run.dir={tmp_path}/run"],
+        cwd=ROOT, env=dict(os.environ, WANDB_MODE="disabled"), check=True, timeout=300)
+    res = json.loads(out.read_text())["policies"]["fcfs"]
+    assert res["requests"] == 4 and res["matched"] == 4
+    cal = res["calibrated"]
+    assert [c["prompt_len"] for c in cal["isolated"]] == [32, 32, 300]
+    assert all(c["ttft"] > 0 and c["predicted"] > 0 for c in cal["isolated"])
+    ratio = sorted(c["ttft"] / c["predicted"] for c in cal["isolated"][:2])
+    assert cal["factors"]["mlp/6"] == pytest.approx(sum(ratio) / 2)  # 32 tokens: bucket 6
+    assert cal["matched"] == 4
+    for side in ("real", "sim"):
+        lines = (tmp_path / "run" / "fcfs" / side / "records.jsonl").read_text().splitlines()
+        assert len(lines) == 4
