@@ -84,6 +84,8 @@ class ProxyEngine:
     async def close(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
+        if self._tasks:  # aborts on their way (e.g. for requests a shutdown cancelled)
+            await asyncio.wait(set(self._tasks), timeout=5.0)
         if self.http is not None:
             await self.http.aclose()
 
