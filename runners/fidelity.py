@@ -132,24 +132,17 @@ def real_run(cfg: DictConfig, policy: PolicyConfig, requests: list,
 
 
 async def isolated_ttfts(s: ReplaySettings, lengths: Sequence[int]) -> list[tuple[int, float]]:
-    """Client-side TTFT of one request at a time (greedy, one token, streamed) per length."""
-    import httpx
+    """Client-side TTFT of one request at a time per length, measured by the replay client."""
+    from flowprefill.core import SLO, Request
+    from flowprefill.workload.replay import replay
 
     out = []
-    headers = {"Authorization": f"Bearer {s.api_key}"} if s.api_key else {}
-    async with httpx.AsyncClient(timeout=s.timeout, headers=headers) as client:
-        for i, n in enumerate(lengths):
-            body = {"model": s.model, "prompt": [1000 + (7919 * (i + 1) + j) % 29000
-                                                  for j in range(n)],
-                    "max_tokens": 1, "temperature": 0.0, "stream": True}
-            t0 = time.perf_counter()
-            async with client.stream("POST", f"{s.url}/v1/completions", json=body) as resp:
-                resp.raise_for_status()
-                async for line in resp.aiter_lines():
-                    if line.startswith("data: "):
-                        out.append((n, time.perf_counter() - t0))
-                        break
-            await asyncio.sleep(0.05)
+    for i, n in enumerate(lengths):
+        (rec,) = await replay([Request(f"calibrate-{i}", 0.0, n, SLO(ttft=3600.0))], s)
+        if rec.ttft is None:
+            raise RuntimeError(f"calibration request of {n} tokens was not served")
+        out.append((n, rec.ttft))
+        await asyncio.sleep(0.05)
     return out
 
 
