@@ -28,8 +28,6 @@ T = TypeVar("T")
 class ModelRunner:
     def __init__(self, model_cfg: ModelConfig, engine_cfg: EngineConfig,
                  model: Decoder | None = None) -> None:
-        # intra-op threads of this runner's work on CPU: engine.threads, else torch's default
-        self.threads = engine_cfg.threads or torch.get_num_threads()
         if engine_cfg.threads > 0 and engine_cfg.device == "cpu":
             torch.set_num_threads(engine_cfg.threads)
         self.engine_cfg = engine_cfg

@@ -56,9 +56,13 @@ class WorkerProc:
     role: str
     host: str
     port: int
-    url: str
     proc: subprocess.Popen
     restarts: int = 0
+
+    @property
+    def url(self) -> str:
+        connect = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{connect}:{self.port}"
 
 
 class WorkerGroup:
@@ -91,9 +95,7 @@ class WorkerGroup:
                                 env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
     def spawn(self, role: str, host: str, port: int) -> WorkerProc:
-        connect = "127.0.0.1" if host in ("0.0.0.0", "") else host
-        w = WorkerProc(role, host, port, f"http://{connect}:{port}",
-                       self._popen(role, host, port))
+        w = WorkerProc(role, host, port, self._popen(role, host, port))
         self.procs.append(w)
         log.info("started %s worker pid %d on %s", role, w.proc.pid, w.url)
         return w
