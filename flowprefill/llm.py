@@ -44,10 +44,11 @@ def _group_config(group: str, name: str) -> dict[str, Any]:
 
 def resolve_configs(model: str, engine: str = "cpu", **overrides: Any
                     ) -> tuple[ModelConfig, EngineConfig]:
-    """`model`: a conf/model name or an HF directory; overrides go to whichever config has the
-    key (model fields first); an unknown key raises naming it."""
-    if Path(model).is_dir():
-        model_cfg = ModelConfig(name=Path(model).name, path=str(model))
+    """`model`: a conf/model name, an HF directory or a GGUF file (a path, or `pkg:...`, see
+    ModelConfig.path); overrides go to whichever config has the key (model fields first); an
+    unknown key raises naming it."""
+    if Path(model).is_dir() or model.endswith(".gguf"):
+        model_cfg = ModelConfig(name=Path(model).name.removesuffix(".gguf"), path=str(model))
     else:
         model_cfg = from_hydra(ModelConfig, _group_config("model", model))
     engine_cfg = from_hydra(EngineConfig, _group_config("engine", engine))
@@ -64,7 +65,8 @@ def resolve_configs(model: str, engine: str = "cpu", **overrides: Any
 
 
 class LLM:
-    """`LLM(model="tiny")`, `LLM(model="/path/to/hf_dir")`, `LLM(model="tiny", num_layers=2)`."""
+    """`LLM(model="tiny")`, `LLM(model="smollm2_135m")`, `LLM(model="/path/to/hf_dir")`,
+    `LLM(model="/path/to/model.gguf")`, `LLM(model="tiny", num_layers=2)`."""
 
     def __init__(self, model: str = "tiny", engine: str = "cpu", **overrides: Any) -> None:
         model_cfg, engine_cfg = resolve_configs(model, engine, **overrides)

@@ -29,5 +29,5 @@ def build_local_engine(model: ModelConfig, engine: EngineConfig, policy: PolicyC
     runner = ModelRunner(model, engine)
     resolved = runner.model_cfg
     return engine_cls(runner, load_tokenizer(resolved), policy,
-                      make_predictor(predictor, resolved, hardware, engine), model.name,
+                      make_predictor(predictor, resolved, hardware, engine), model.served_name,
                       max_decode_batch, **kwargs)

@@ -1,14 +1,18 @@
-"""Building a Decoder from a ModelConfig: a Hugging Face directory's safetensors, or random init.
+"""Building a Decoder from a ModelConfig: a Hugging Face directory's safetensors, a GGUF file
+(dequantized, flowprefill.model.gguf), or random init.
 
-A directory (`cfg.path`) is authoritative: its config.json defines the architecture and
-overrides the matching ModelConfig fields (a new frozen config is returned; nothing is
-written back). Shards are found through `model.safetensors.index.json` or `*.safetensors`.
+A checkpoint (`cfg.path`: a directory, a `.gguf` file or a `pkg:` reference, see
+flowprefill.model.source) is authoritative: its config.json or GGUF metadata defines the
+architecture and overrides the matching ModelConfig fields (a new frozen config is returned;
+nothing is written back; `path` stays as given). Shards are found through
+`model.safetensors.index.json` or `*.safetensors`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -17,6 +21,7 @@ import torch
 
 from flowprefill.config import ModelConfig
 from flowprefill.model.decoder import Decoder
+from flowprefill.model.source import resolve_path
 from flowprefill.model.weights import LayerWeights, ModelWeights, random_weights
 
 _ARCH = MappingProxyType({"qwen2": "qwen2", "llama": "llama"})  # HF model_type -> our arch
@@ -79,7 +84,11 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def hf_weights(cfg: ModelConfig, path: str | Path) -> ModelWeights:
     """Read HF-named tensors and fuse QKV and gate/up (fp32 on CPU; moved later)."""
-    t = _read_safetensors(Path(path))
+    return fuse_hf(cfg, _read_safetensors(Path(path)))
+
+
+def fuse_hf(cfg: ModelConfig, t: Mapping[str, torch.Tensor]) -> ModelWeights:
+    """Our weights from HF-named tensors: QKV and gate/up fused, lm_head tied when asked."""
 
     def get(name: str) -> torch.Tensor:
         return t[name].float()
@@ -103,13 +112,26 @@ def hf_weights(cfg: ModelConfig, path: str | Path) -> ModelWeights:
     return ModelWeights(embed, layers, get("model.norm.weight"), head)
 
 
+def is_gguf(path: Path) -> bool:
+    return path.is_file() and path.suffix == ".gguf"
+
+
 def load_model(cfg: ModelConfig, device: str = "cpu", dtype: str = "float32",
                compile: bool = False) -> Decoder:
-    """The Decoder for `cfg`: from `cfg.path` when set, else seeded random weights."""
+    """The Decoder for `cfg`: from `cfg.path` when set (an HF directory or a GGUF file), else
+    seeded random weights."""
     torch_dtype = DTYPES[dtype]
-    if cfg.path:
-        cfg = config_from_hf(cfg.path, cfg)
-        weights = hf_weights(cfg, cfg.path).to(device, torch_dtype)
+    if not cfg.path:
+        return Decoder(cfg, random_weights(cfg, torch_dtype, device), compile=compile)
+    src = resolve_path(cfg.path)
+    if is_gguf(src):
+        from flowprefill.model.gguf import GGUFFile, config_from_gguf, hf_tensors
+
+        gf = GGUFFile(src)  # parsed once for both the config and the tensors
+        resolved = config_from_gguf(gf, cfg)
+        weights = fuse_hf(resolved, hf_tensors(resolved, gf))
     else:
-        weights = random_weights(cfg, torch_dtype, device)
-    return Decoder(cfg, weights, compile=compile)
+        resolved = config_from_hf(src, cfg)
+        weights = hf_weights(resolved, src)
+    resolved = dataclasses.replace(resolved, path=cfg.path)
+    return Decoder(resolved, weights.to(device, torch_dtype), compile=compile)
