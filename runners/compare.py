@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "runners"))
 sys.path.insert(1, str(ROOT))
 
+from benchmark import _server_stats  # noqa: E402
 from experiment import Server, _free_port, serve_config_args  # noqa: E402
 from peer_servers import PeerServer, Shared, peer_executable  # noqa: E402
 
@@ -131,7 +132,10 @@ class Comparison:
                              dtype=cfg.engine.dtype, max_model_len=context,
                              kv_cache_gib=int(cfg.kv_cache_gib), threads=cfg.threads,
                              seed=self.workload.seed)
-        self.isolated: dict[int, float] | None = None
+        pinned = cfg.get("isolated_ttft")
+        self.isolated: dict[int, float] | None = (
+            {int(k): float(v) for k, v in pinned.items()} if pinned else None)
+        self.isolated_on: str | None = "isolated_ttft" if pinned else None  # where measured
         self.engines: dict[str, dict] = {}
 
     def settings(self, n_requests: int) -> dict:
@@ -165,6 +169,9 @@ class Comparison:
             table = self.isolated or {}
 
             def iso(n: int) -> float:
+                if n not in table:
+                    raise KeyError(f"isolated_ttft has no prompt_len {n} (slo.scaled needs "
+                                   f"{sorted(table)} and {n})")
                 return table[n]
         elif self.slo.mode == "bands":  # per-request lengths: priced by the predictor
             from flowprefill.config import HardwareConfig, PredictorConfig
@@ -211,6 +218,8 @@ class Comparison:
             "engine": name, "rate_scale": rate, "replay_wall_s": wall,
             "load_avg_before": list(load), "load_avg_after": list(os.getloadavg()),
             "priority": s.priority}
+        if name == FLOWPREFILL:  # its own counters (preemptions), since its start
+            summary["server_stats"] = _server_stats(base)
         with JsonSink(self.run_dir / name / f"r{rate:g}") as sink:
             sink.log_metrics(summary)
             sink.log_records(records)
@@ -242,7 +251,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         comp.run_engine(name)
     n = len(comp.requests(comp.rates[0]))
     result = {"engines": comp.engines, "settings": comp.settings(n),
-              "isolated_on": getattr(comp, "isolated_on", None)}
+              "isolated_on": comp.isolated_on}
     out = Path(cfg.out) if cfg.out else run_dir / "comparison.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str))

@@ -65,7 +65,9 @@ def test_compare_smoke_flowprefill_and_one_vllm_peer(smol_dir, tmp_path):
     cmd = [sys.executable, str(ROOT / "runners" / "compare.py"), "peers=[vllm]",
            "+peers.vllm.args=[--enforce-eager]", "rates=[2.0]", "workload.max_requests=6",
            "workload.max_prompt_len=256", "max_output=4", "metrics.warmup_requests=2",
-           "slo=by_type", "kv_cache_gib=1", "warmup=1", f"hydra.run.dir={out}"]
+           # the default SLO rule, with its isolated TTFTs pinned instead of measured
+           "isolated_ttft={1024: 5.0, 4096: 25.0, 8128: 58.0}", "kv_cache_gib=1", "warmup=1",
+           f"hydra.run.dir={out}"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, WANDB_MODE="disabled"))
     assert done.returncode == 0, done.stderr[-4000:]
@@ -85,3 +87,6 @@ def test_compare_smoke_flowprefill_and_one_vllm_peer(smol_dir, tmp_path):
                .splitlines()] for n in ("flowprefill", "vllm"))
     key = [(r["request_id"], r["prompt_len"], r["ttft_slo"]) for r in fp]
     assert key == [(r["request_id"], r["prompt_len"], r["ttft_slo"]) for r in vl]
+    # prompts clipped to 256 tokens are all `text`: 3 x the pinned 1024-token isolated TTFT
+    assert {r["slo_class"] for r in fp} == {"text"} and {r["ttft_slo"] for r in fp} == {15.0}
+    assert comparison["settings"]["isolated_ttft"] == {"1024": 5.0, "4096": 25.0, "8128": 58.0}
