@@ -19,6 +19,41 @@ from typing import Any
 # --------------------------------------------------------------------------- model / engine
 
 
+ROPE_TYPES = ("default", "llama3")
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """RoPE frequency scaling (`model.rope_scaling`), as HF config.json's `rope_type`.
+
+    `default`: plain RoPE, the other fields unused. `llama3` (Llama 3.1/3.2): frequencies whose
+    wavelength exceeds `original_max_position / low_freq_factor` are divided by `factor`, those
+    shorter than `original_max_position / high_freq_factor` are kept, and the band between is
+    interpolated smoothly. The defaults are Llama 3.1's published values.
+    """
+
+    rope_type: str = "default"  # default | llama3
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position: int = 8192  # the context length pretraining used
+
+    def __post_init__(self) -> None:
+        if self.rope_type not in ROPE_TYPES:
+            raise ValueError(f"model.rope_scaling.rope_type: unsupported {self.rope_type!r} "
+                             f"(one of {', '.join(ROPE_TYPES)})")
+        if self.rope_type == "llama3":
+            if not self.factor >= 1.0:
+                raise ValueError(f"model.rope_scaling.factor must be >= 1, not {self.factor}")
+            if not 0 < self.low_freq_factor < self.high_freq_factor:
+                raise ValueError("model.rope_scaling: need 0 < low_freq_factor < "
+                                 f"high_freq_factor, not {self.low_freq_factor} and "
+                                 f"{self.high_freq_factor}")
+            if self.original_max_position <= 0:
+                raise ValueError("model.rope_scaling.original_max_position must be > 0, not "
+                                 f"{self.original_max_position}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """A decoder architecture (Qwen2/2.5 or Llama 3) and where its weights come from."""
@@ -34,6 +69,7 @@ class ModelConfig:
     head_dim: int | None = None  # None: hidden_size // num_heads
     max_position: int = 32768
     rope_theta: float = 1_000_000.0
+    rope_scaling: RopeScaling = field(default_factory=RopeScaling)
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = True
     path: str | None = None  # Hugging Face model directory; None = seeded random init
@@ -240,18 +276,30 @@ def _is_schema(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
+def _twin(value: Any) -> Any:
+    """`value` with every frozen schema instance in it replaced by its mutable twin."""
+    if not _is_schema(type(value)):
+        return value
+    return _schema(type(value))(**{f.name: _twin(getattr(value, f.name))
+                                   for f in dataclasses.fields(value)})
+
+
 @functools.cache
 def _schema(cls: type) -> type:
-    """A mutable twin of frozen dataclass `cls` for Hydra to compose onto."""
+    """A mutable twin of frozen dataclass `cls` for Hydra to compose onto (nested schemas too)."""
     hints = typing.get_type_hints(cls)
     fields = []
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        tp = _schema(tp) if _is_schema(tp) else tp
+        nested = _is_schema(tp)
+        tp = _schema(tp) if nested else tp
         if f.default is not dataclasses.MISSING:
-            spec = field(default=f.default)
+            default = f.default
+            spec = (field(default_factory=functools.partial(_twin, default)) if nested
+                    else field(default=default))
         elif f.default_factory is not dataclasses.MISSING:
-            spec = field(default_factory=f.default_factory)
+            factory = f.default_factory
+            spec = field(default_factory=(lambda fac=factory: _twin(fac())) if nested else factory)
         else:
             spec = field()
         fields.append((f.name, tp, spec))

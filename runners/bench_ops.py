@@ -50,6 +50,12 @@ def hf_model(model: Decoder) -> torch.nn.Module:
               head_dim=c.dim_head, max_position_embeddings=c.max_position,
               rope_theta=c.rope_theta, rms_norm_eps=c.rms_norm_eps,
               tie_word_embeddings=c.tie_word_embeddings)
+    s = c.rope_scaling
+    if s.rope_type != "default":
+        kw["rope_scaling"] = dict(rope_type=s.rope_type, factor=s.factor,
+                                  low_freq_factor=s.low_freq_factor,
+                                  high_freq_factor=s.high_freq_factor,
+                                  original_max_position_embeddings=s.original_max_position)
     if c.arch == "qwen2":
         hf = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**kw))
     else:

@@ -45,7 +45,8 @@ class Decoder:
         self.weights = weights
         self.device = weights.embed.device
         self.dtype = weights.embed.dtype
-        cos, sin = layers.rope_tables(cfg.max_position, cfg.dim_head, cfg.rope_theta, self.device)
+        cos, sin = layers.rope_tables(cfg.max_position, cfg.dim_head, cfg.rope_theta, self.device,
+                                      cfg.rope_scaling)
         self._cos, self._sin = cos.to(self.dtype), sin.to(self.dtype)  # [P, hd]
         self.compiled = compile
         wrap = _compile if compile else (lambda f: f)
