@@ -11,6 +11,7 @@ from flowprefill.attention.base import cdiv
 from flowprefill.config import EngineConfig, ModelConfig
 from flowprefill.executor import ModelRunner, Piece, build_decode_batch, build_prefill_batch
 from flowprefill.executor.batch import _host_buffer, _to_device
+from flowprefill.kvcache import KVPool
 
 CFG = ModelConfig(name="t", vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=1,
                   num_heads=4, num_kv_heads=2, max_position=4096, tie_word_embeddings=False,
@@ -148,3 +149,16 @@ def test_building_batches_on_cuda_never_blocks_the_host():
     assert batch.token_ids.tolist() == list(range(30)) + list(range(9))
     check_segments(batch.full, 16)
     check_segments(sl, 16)
+
+
+def test_pool_pages_are_the_slots_in_nhd_block_layout():
+    pool = KVPool(2, 6, 4, 3, 8)  # 6 blocks of 4 slots
+    k, v = torch.randn(24, 3, 8), torch.randn(24, 3, 8)
+    pool.write(1, torch.arange(24), k, v)
+    kp, vp = pool.pages(1)
+    assert kp.shape == vp.shape == (6, 4, 3, 8)
+    assert kp.is_contiguous() and vp.is_contiguous() and kp.stride() == vp.stride()
+    assert torch.equal(kp[5, 2], k[5 * 4 + 2]) and torch.equal(vp.reshape(24, 3, 8), v)
+    kp[0, 1] = 0  # views: a page write is a slot write
+    assert not pool.gather(1, torch.tensor([1]))[0].any()
+    assert not pool.pages(0)[0].any()  # layer 0 untouched
