@@ -41,7 +41,7 @@ class Segment:
         return self.ctx + self.num
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity: a backend's plan is keyed by the object
 class PrefillMeta:
     slots: torch.Tensor  # [T] pool slots where the new k/v rows go (device)
     segments: tuple[Segment, ...]
@@ -52,7 +52,7 @@ class PrefillMeta:
         return all(s.ctx == 0 for s in self.segments)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity, as PrefillMeta
 class DecodeMeta:
     """One new token per sequence. The padded [B, Lmax] slot table and mask that the torch
     backend reads are derived on the device on first use (a backend that plans from the host

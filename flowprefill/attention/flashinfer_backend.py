@@ -39,8 +39,9 @@ _WORKSPACE_BYTES = 128 * 1024 * 1024
 _WRAPPERS_PER_KIND = 4
 # Tensor-core decode (flashinfer's prefill kernels at one query row) for every head ratio:
 # the CUDA-core decode kernels exist only for ratios 1, 2, 3, 4, 6, 8, 16 (Qwen2-7B's 7 and
-# Qwen2.5-14B's 5 fail there), and tensor cores measure as fast or faster at the others
-# (vLLM PR #23214; flashinfer issues #520 and #703).
+# Qwen2.5-14B's 5 fail there). vLLM uses tensor cores for every ratio (PR #23214: as fast
+# or faster); flashinfer issue #520 measured equal time at ratio 1 on H100, #703 1.25x
+# faster at ratio 4 (a 2024 note in vLLM #7887 found CUDA cores faster at ratio 4).
 _DECODE_TENSOR_CORES = True
 _DTYPES = (torch.float16, torch.bfloat16)
 
