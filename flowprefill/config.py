@@ -14,12 +14,15 @@ import dataclasses
 import functools
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 # --------------------------------------------------------------------------- model / engine
 
+RopeType = Literal["default", "llama3"]
+ROPE_TYPES: tuple[str, ...] = typing.get_args(RopeType)
 
-ROPE_TYPES = ("default", "llama3")
+
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,7 @@ class RopeScaling:
     interpolated smoothly. The defaults are Llama 3.1's published values.
     """
 
-    rope_type: str = "default"  # default | llama3
+    rope_type: RopeType = "default"
     factor: float = 8.0
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
@@ -59,7 +62,7 @@ class ModelConfig:
     """A decoder architecture (Qwen2/2.5 or Llama 3) and where its weights come from."""
 
     name: str = "tiny"
-    arch: str = "qwen2"  # qwen2 | llama
+    arch: Literal["qwen2", "llama"] = "qwen2"
     vocab_size: int = 151936
     hidden_size: int = 256
     intermediate_size: int = 704
@@ -87,20 +90,44 @@ class ModelConfig:
         return self.head_dim or self.hidden_size // self.num_heads
 
 
+# Longest predicted unit (operator or token slice) the engine runs, by device, when
+# `engine.max_unit_ms` is not set. CPU: a 10 ms unit keeps a 25 ms urgent prefill behind a
+# long prompt within a 50 ms SLO, and slices of that size are still large GEMMs (hundreds of
+# rows for a 135M model); GPU: with two units queued ahead (`launch_ahead`), 2 ms units bound
+# a switch by ~5 ms, the paper's A800 figure, while a 2 ms slice is still thousands of rows of
+# a 7B model's MLP on an H100-class GPU.
+MAX_UNIT_MS = {"cpu": 10.0, "cuda": 2.0}
+
+
 @dataclass(frozen=True)
 class EngineConfig:
-    """How the model runs: device, precision, attention backend, compilation, preemption."""
+    """How the model runs: device, precision, attention backend, compilation, units.
 
-    device: str = "cpu"  # cpu | cuda
-    dtype: str = "float32"  # float32 | bfloat16 | float16
-    attention: str = "torch"  # torch (SDPA) | flashinfer (CUDA only)
-    compile: bool = False  # torch.compile each operator separately
-    granularity: str = "operator"  # operator | layer | none: preemption points of a prefill
-    max_op_tokens: int = 0  # split operators over more tokens than this into slices; 0 = never
+    `auto` values are resolved once, when the engine is built (`executor.device`): device
+    `cuda` when a CUDA device is present; dtype bfloat16 on CUDA and on CPUs with native bf16
+    (AVX512-BF16 or AMX), else float32; attention flashinfer on CUDA when it is installed;
+    compile on for CUDA, off for CPU; `max_unit_ms` from MAX_UNIT_MS.
+    """
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    attention: Literal["auto", "torch", "flashinfer"] = "auto"
+    compile: bool | None = None  # torch.compile each operator separately; None: by device
+    # operators predicted longer than this are split into token slices (operator
+    # granularity); 0 = never split; None: the device's default (MAX_UNIT_MS)
+    max_unit_ms: float | None = None
+    # units the host may run ahead of the device (CUDA); 0 = wait for every unit
+    launch_ahead: int = 2
     block_size: int = 16  # tokens per KV block
     num_kv_blocks: int = 4096  # KV pool size in blocks
     max_batch_tokens: int = 16384  # largest prefill batch the engine accepts
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+    tp: int = 1  # tensor-parallel ranks
+
+    @property
+    def max_unit_s(self) -> float:
+        ms = MAX_UNIT_MS.get(self.device, 0.0) if self.max_unit_ms is None else self.max_unit_ms
+        return ms / 1e3
 
 
 # --------------------------------------------------------------------------- scheduling
@@ -112,19 +139,23 @@ class PolicyConfig:
 
     name: str = "flowprefill"
     order: str = "sedf"  # fcfs | edf | sedf | priority
-    granularity: str = "operator"  # none | chunk | layer | operator
+    granularity: Literal["none", "chunk", "layer", "operator"] = "operator"
     chunk_size: int = 512  # with granularity=chunk
     batching: bool = True  # SLO-aware batching of short, non-urgent requests
     token_bound: int = 2048
     alpha: float = 0.1
-    drop: str = "demote"  # demote | moore_hodgson: what to do with requests predicted to miss
+    # what to do with requests predicted to miss
+    drop: Literal["demote", "moore_hodgson"] = "demote"
     reject: bool = False  # reject dropped requests instead of ranking them last
     class_priority: dict[str, int] = field(default_factory=dict)  # order=priority: lower first
 
 
+AUTO_HARDWARE = "auto"  # hardware.name decided by the engine (engine.build.resolve_hardware)
+
+
 @dataclass(frozen=True)
 class HardwareConfig:
-    """An accelerator for the roofline cost model."""
+    """An accelerator for the roofline cost model (`auto`: the machine the engine runs on)."""
 
     name: str = "cpu"
     peak_flops: float = 1.0e11  # dense matmul FLOP/s at the run's dtype
@@ -139,7 +170,7 @@ class HardwareConfig:
 class PredictorConfig:
     kind: str = "roofline"  # roofline | fitted | cubic | oracle (simulator)
     path: str | None = None  # fitted/cubic artifact (file or dir); auto: artifacts/<model>_<hw>/
-    on_missing: str = "error"  # error | roofline: a fitted/cubic kind without its artifact
+    on_missing: Literal["error", "roofline"] = "error"  # a fitted/cubic kind without artifact
     correction: float = 0.0  # engine: EW weight of the online correction from op times; 0 = off
 
 
@@ -149,7 +180,7 @@ class PredictorConfig:
 @dataclass(frozen=True)
 class WorkloadConfig:
     name: str = "qwen_like"
-    format: str = "synthetic"  # qwen | azure | mooncake | canonical | auto | synthetic
+    format: Literal["qwen", "azure", "mooncake", "canonical", "auto", "synthetic"] = "synthetic"
     path: str | None = None
     rate_scale: float = 1.0  # divides inter-arrival gaps
     start: float | None = None  # window start, seconds from the trace's first request
@@ -160,14 +191,14 @@ class WorkloadConfig:
     # synthetic generator
     preset: str = "qwen_like"
     rate: float = 5.0  # requests/s
-    arrival: str = "poisson"  # poisson | gamma
+    arrival: Literal["poisson", "gamma"] = "poisson"
     cv: float = 1.0  # gamma arrivals: coefficient of variation of gaps
     num_requests: int = 1000
 
 
 @dataclass(frozen=True)
 class SLOConfig:
-    mode: str = "by_type"  # by_type | bands
+    mode: Literal["by_type", "bands"] = "by_type"
     scale: float = 1.0  # multiplies every SLO
     seed: int = 0
     # by_type: TTFT and TBT seconds per type; untyped traces are typed by `type_rule`
@@ -177,7 +208,7 @@ class SLOConfig:
     tbt: dict[str, float] = field(
         default_factory=lambda: {"text": 0.1, "image": 0.1, "search": 0.2, "file": 0.2}
     )
-    type_rule: str = "by_length"  # by_length | mix
+    type_rule: Literal["by_length", "mix"] = "by_length"
     # by_length: each type's inclusive upper bound on prompt tokens (longer: the largest bound's)
     length_types: dict[str, int] = field(
         default_factory=lambda: {"text": 1024, "search": 4096, "file": 16384}
@@ -228,8 +259,8 @@ class DeployConfig:
     `role=proxy` serves the public API over workers given by those URL lists.
     """
 
-    mode: str = "colocated"  # colocated | pd
-    role: str = "all"  # all | proxy | prefill | decode
+    mode: Literal["colocated", "pd"] = "colocated"
+    role: Literal["all", "proxy", "prefill", "decode"] = "all"
     prefill_workers: int = 1
     decode_workers: int = 1
     worker_host: str = "127.0.0.1"
@@ -237,9 +268,14 @@ class DeployConfig:
     port: int = 0  # this worker's internal API port (role=prefill|decode)
     prefill_urls: list[str] = field(default_factory=list)  # role=proxy
     decode_urls: list[str] = field(default_factory=list)
+    # role=all on a GPU machine: the CUDA device(s) of each worker, one entry per worker, as
+    # CUDA_VISIBLE_DEVICES ("0", or "0,1" for a tensor-parallel worker); empty: all of them
+    prefill_devices: list[str] = field(default_factory=list)
+    decode_devices: list[str] = field(default_factory=list)
     lease_timeout: float = 30.0  # seconds a prefilled request's KV waits to be pulled
     transfer_timeout: float = 10.0  # seconds one NIXL pull may take before it fails
-    on_transfer_failure: str = "fail"  # fail | recompute (prefill again on the decode side)
+    # fail | recompute (prefill again on the decode side)
+    on_transfer_failure: Literal["fail", "recompute"] = "fail"
     health_interval: float = 0.5  # seconds between the proxy's polls of worker stats
     startup_timeout: float = 300.0  # seconds workers get to become healthy
     # role=all restarts a worker that dies (same role and port; the proxy's health poll picks
@@ -254,7 +290,7 @@ class DeployConfig:
 
 @dataclass(frozen=True)
 class LoggerConfig:
-    kind: str = "json"  # json | wandb | none
+    kind: Literal["json", "wandb", "none"] = "json"
     project: str = "flowprefill"
     mode: str = "offline"  # wandb mode
     name: str | None = None  # wandb run name; None: wandb's default
@@ -265,8 +301,12 @@ class LoggerConfig:
 class SimConfig:
     switch_overhead: float = 0.0  # seconds charged when the running job changes
     schedule_overhead: float = 0.0  # seconds charged per scheduler call
-    num_kv_blocks: int = 0  # KV pool of the simulated prefill worker; 0 = unlimited
+    num_kv_blocks: int = 0  # KV pool of the simulated worker; 0 = unlimited
     block_size: int = 16  # tokens per KV block
+    max_unit_ms: float = MAX_UNIT_MS["cuda"]  # the simulated engine's unit bound (0 = none)
+    decode: bool = False  # decode on the simulated worker (colocated); False: prefill only
+    decode_batch: int = 64  # most sequences in one decode step
+    trace: bool = False  # keep the scheduler's decision log in the result
 
 
 # --------------------------------------------------------------------------- conversion
@@ -274,6 +314,11 @@ class SimConfig:
 
 def _is_schema(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def choices(tp: Any) -> tuple | None:
+    """The allowed values of a `Literal[...]` field type (None: not a choice field)."""
+    return typing.get_args(tp) if typing.get_origin(tp) is Literal else None
 
 
 def _twin(value: Any) -> Any:
@@ -286,13 +331,14 @@ def _twin(value: Any) -> Any:
 
 @functools.cache
 def _schema(cls: type) -> type:
-    """A mutable twin of frozen dataclass `cls` for Hydra to compose onto (nested schemas too)."""
+    """A mutable twin of frozen dataclass `cls` for Hydra to compose onto (nested schemas too;
+    a `Literal` choice field is a plain `str` there and is checked by `from_hydra`)."""
     hints = typing.get_type_hints(cls)
     fields = []
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         nested = _is_schema(tp)
-        tp = _schema(tp) if nested else tp
+        tp = _schema(tp) if nested else (str if choices(tp) else tp)
         if f.default is not dataclasses.MISSING:
             default = f.default
             spec = (field(default_factory=functools.partial(_twin, default)) if nested
@@ -306,10 +352,13 @@ def _schema(cls: type) -> type:
     return dataclasses.make_dataclass(cls.__name__, fields)
 
 
-def from_hydra(cls: type, cfg: Any) -> Any:
-    """Build frozen dataclass `cls` from a composed (Dict)Config or a plain dict."""
+def from_hydra(cls: type, cfg: Any, key: str | None = None) -> Any:
+    """Build frozen dataclass `cls` from a composed (Dict)Config or a plain dict; a choice
+    field outside its choices or an unknown key is an error naming the key (`key` prefixes
+    it: the group, e.g. `engine`; by default the group `cls` is registered as)."""
     from omegaconf import DictConfig, OmegaConf
 
+    key = key or next((g for g, c in GROUPS.items() if c is cls), cls.__name__)
     data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -318,11 +367,33 @@ def from_hydra(cls: type, cfg: Any) -> Any:
             continue
         value = data[f.name]
         tp = hints[f.name]
-        kwargs[f.name] = from_hydra(tp, value) if _is_schema(tp) and value is not None else value
+        if _is_schema(tp) and value is not None:
+            value = from_hydra(tp, value, f"{key}.{f.name}")
+        elif (allowed := choices(tp)) is not None and value not in allowed:
+            raise ValueError(f"{key}.{f.name}: {value!r} is not one of "
+                             f"{' | '.join(map(str, allowed))}")
+        kwargs[f.name] = value
     unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
-        raise KeyError(f"{cls.__name__}: unknown config key(s) {sorted(unknown)}")
+        raise KeyError(f"{key}: unknown config key(s) {sorted(unknown)}")
     return cls(**kwargs)
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def load_option(group: str, name: str) -> dict[str, Any]:
+    """The values of option `name` of config group `group` (`conf/<group>/<name>.yaml`), for
+    code that picks an option without Hydra (the offline API, `auto` resolution)."""
+    from omegaconf import OmegaConf
+
+    path = CONF_DIR / group / f"{name}.yaml"
+    if not path.is_file():
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        raise ValueError(f"no {group} config {name!r}; options: {options}")
+    data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    data.pop("defaults", None)
+    return data
 
 
 GROUPS: dict[str, type] = {

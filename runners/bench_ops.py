@@ -5,8 +5,10 @@ of transformers' forward on the same weights, eager and compiled.
 
 Variants: `monolithic` (the whole forward in one call), `operator` (a job stepped one operator
 at a time, with a preemption check, an event-deque emptiness test, between operators),
-`layer` (the check between layers), `chunked_<n>` (chunks of n tokens, the check between
-chunks), `hf` (transformers' `ForCausalLM` forward, logits of the last position only).
+`sliced` (the plan the engine runs: operators predicted longer than `engine.max_unit_ms`
+split into token slices, by the configured predictor, the check after every unit), `layer`
+(the check between layers), `chunked_<n>` (chunks of n tokens, the check between chunks),
+`hf` (transformers' `ForCausalLM` forward, logits of the last position only).
 Rounds are interleaved (each timed round runs every variant once) so that noise from other
 processes on the machine hits all variants alike; results are medians.
 """
@@ -30,17 +32,28 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flowprefill.config import EngineConfig, ModelConfig, from_hydra, register_configs  # noqa: E402
-from flowprefill.core import SLO, Job, Request  # noqa: E402
+from flowprefill.config import (  # noqa: E402
+    EngineConfig,
+    HardwareConfig,
+    ModelConfig,
+    PredictorConfig,
+    from_hydra,
+    register_configs,
+)
+from flowprefill.core import SLO, Granularity, Job, JobPlan, Request  # noqa: E402
 from flowprefill.executor import ModelRunner  # noqa: E402
 from flowprefill.model import Decoder  # noqa: E402
+from flowprefill.predictor import make_predictor  # noqa: E402
+from flowprefill.predictor.plan import Planner  # noqa: E402
 
-KEYS = frozenset({"model", "engine", "out", "prompt_tokens", "variants", "compile", "repeats",
-                  "warmup", "seed"})
+KEYS = frozenset({"model", "engine", "predictor", "hardware", "out", "prompt_tokens", "variants",
+                  "compile", "repeats", "warmup", "seed"})
 
 
 def hf_model(model: Decoder) -> torch.nn.Module:
-    """transformers' model of the same architecture holding a copy of `model`'s weights."""
+    """transformers' model of the same architecture over `model`'s weights (the same tensors,
+    shared: a 7B model is not copied). Built on the model's device in its dtype, so its own
+    initialization of a 7B model runs there (seconds on a GPU), not on the host in fp32."""
     import transformers
 
     c = model.cfg
@@ -56,10 +69,15 @@ def hf_model(model: Decoder) -> torch.nn.Module:
                                   low_freq_factor=s.low_freq_factor,
                                   high_freq_factor=s.high_freq_factor,
                                   original_max_position_embeddings=s.original_max_position)
-    if c.arch == "qwen2":
-        hf = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**kw))
-    else:
-        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kw))
+    cls, cfg_cls = ((transformers.Qwen2ForCausalLM, transformers.Qwen2Config) if c.arch == "qwen2"
+                    else (transformers.LlamaForCausalLM, transformers.LlamaConfig))
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(model.dtype)
+    try:
+        with torch.device(model.device):
+            hf = cls(cfg_cls(**kw))
+    finally:
+        torch.set_default_dtype(default)
     w, hd = model.weights, c.dim_head
     sd = {"model.embed_tokens.weight": w.embed, "model.norm.weight": w.norm,
           "lm_head.weight": w.lm_head}
@@ -76,8 +94,12 @@ def hf_model(model: Decoder) -> torch.nn.Module:
                    lw.input_norm, f"{p}post_attention_layernorm.weight": lw.post_norm,
                    f"{p}mlp.gate_proj.weight": gate, f"{p}mlp.up_proj.weight": up,
                    f"{p}mlp.down_proj.weight": lw.down_w})
-    hf.load_state_dict(sd, strict=True)
-    return hf.to(device=model.device, dtype=model.dtype).eval()
+    if c.tie_word_embeddings:
+        del sd["lm_head.weight"]  # tied to embed_tokens by transformers itself
+    hf.load_state_dict(sd, strict=not c.tie_word_embeddings, assign=True)
+    if c.tie_word_embeddings:
+        hf.tie_weights()
+    return hf.eval()
 
 
 def _sync(device: torch.device) -> None:
@@ -89,35 +111,41 @@ class Bench:
     """One model runner (eager or compiled) plus the transformers twin; runs one variant."""
 
     def __init__(self, model_cfg: ModelConfig, engine_cfg: EngineConfig, compiled: bool,
-                 model: Decoder | None = None) -> None:
+                 planner: Planner | None = None, model: Decoder | None = None) -> None:
         if model is not None:
             model = Decoder(model.cfg, model.weights, compile=compiled)
         self.runner = ModelRunner(model_cfg, engine_cfg, model=model)
+        self.planner = planner
         self.hf = hf_model(self.runner.model)
         self.hf_fwd = torch.compile(self.hf, dynamic=True) if compiled else self.hf
         self.events: collections.deque = collections.deque()  # stays empty: the check's cost
         self._n = 0
 
-    def _job(self, ids: list[int], chunk: int | None = None) -> Job:
+    def _job(self, ids: list[int], plan: JobPlan, chunk: int | None = None) -> Job:
         self._n += 1
         req = Request(f"b{self._n}", 0.0, len(ids), SLO(1.0), prompt_token_ids=tuple(ids))
-        return Job(self._n, (req,), chunk_size=chunk)
+        return Job(self._n, (req,), plan, chunk if len(plan.passes) > 1 else None)
 
     def run(self, variant: str, ids: list[int]) -> torch.Tensor:
         rn = self.runner
         if variant == "hf":
             return self.hf_fwd(torch.tensor([ids], device=rn.model.device), use_cache=False,
                                logits_to_keep=1).logits[0]
+        L = rn.model_cfg.num_layers
         chunk = int(variant.split("_")[1]) if variant.startswith("chunked_") else None
-        gran = {"monolithic": None, "operator": "operator", "layer": "layer"}.get(variant)
-        job = rn.prefill_job(self._job(ids, chunk), granularity=gran)
+        if variant == "sliced":  # the plan the engine runs: operators split by predicted time
+            plan, gran = self.planner.plan((len(ids),)), Granularity.OPERATOR
+        else:
+            plan = JobPlan.unsliced((len(ids),), L, chunk)
+            gran = {"layer": Granularity.LAYER}.get(variant, Granularity.OPERATOR if
+                                                     chunk is None else Granularity.CHUNK)
+        job = rn.prefill_job(self._job(ids, plan, chunk))
         try:
             if variant == "monolithic":
                 return job.run_monolithic()
-            step = job.step if variant == "operator" else job.run_until_preemption_point
-            while not job.done:
-                step()
-                if self.events:  # the preemption check of the engine loop
+            while not job.finished:
+                job.step()
+                if plan.is_point(job.done, gran) and self.events:  # the engine loop's check
                     break
             return job.logits
         finally:
@@ -127,7 +155,8 @@ class Bench:
 
 def run(model_cfg: ModelConfig, engine_cfg: EngineConfig, prompt_tokens: list[int],
         variants: list[str], compile_modes: list[bool], repeats: int, warmup: int,
-        seed: int) -> dict[str, Any]:
+        seed: int, predictor: PredictorConfig | None = None,
+        hardware: HardwareConfig | None = None) -> dict[str, Any]:
     g = torch.Generator().manual_seed(seed)
     base: Decoder | None = None
     results: dict[str, dict[str, float]] = {}
@@ -138,6 +167,10 @@ def run(model_cfg: ModelConfig, engine_cfg: EngineConfig, prompt_tokens: list[in
         for compiled in compile_modes:
             bench = Bench(model_cfg, engine_cfg, compiled, model=base)
             base = base or bench.runner.model
+            rn = bench.runner  # the `sliced` variant plans as the engine would
+            pred = make_predictor(predictor or PredictorConfig(), rn.model_cfg,
+                                  hardware or HardwareConfig(), rn.engine_cfg)
+            bench.planner = Planner(pred, Granularity.OPERATOR, 0, rn.engine_cfg.max_unit_s)
             sfx = "_compiled" if compiled else ""
             for n in prompt_tokens:
                 ids = torch.randint(0, bench.runner.model_cfg.vocab_size, (n,),
@@ -186,7 +219,9 @@ def main(cfg: DictConfig) -> None:
     settings = OmegaConf.to_container(cfg, resolve=True)
     machine_before = _machine()
     out = run(model_cfg, engine_cfg, list(cfg.prompt_tokens), list(cfg.variants),
-              [bool(c) for c in cfg.compile], cfg.repeats, cfg.warmup, cfg.seed)
+              [bool(c) for c in cfg.compile], cfg.repeats, cfg.warmup, cfg.seed,
+              from_hydra(PredictorConfig, cfg.predictor),
+              from_hydra(HardwareConfig, cfg.hardware))
     report = {"machine": machine_before, "load_avg_after": os.getloadavg(),
               "torch_version": torch.__version__, "settings": settings,
               "metric": "prefill tokens/s, median of repeats after warm-up", **out}

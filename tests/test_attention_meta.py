@@ -12,6 +12,7 @@ from flowprefill.config import EngineConfig, ModelConfig
 from flowprefill.executor import ModelRunner, Piece, build_decode_batch, build_prefill_batch
 from flowprefill.executor.batch import _host_buffer, _to_device
 from flowprefill.kvcache import KVPool
+from tests.cpu_fp32 import CPU_FP32
 
 CFG = ModelConfig(name="t", vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=1,
                   num_heads=4, num_kv_heads=2, max_position=4096, tie_word_embeddings=False,
@@ -20,7 +21,7 @@ CFG = ModelConfig(name="t", vocab_size=512, hidden_size=64, intermediate_size=12
 
 @pytest.fixture(scope="module")
 def model():
-    return ModelRunner(CFG, EngineConfig(num_kv_blocks=64)).model
+    return ModelRunner(CFG, EngineConfig(**CPU_FP32, num_kv_blocks=64)).model
 
 
 def implied_slots(blocks, n, bs) -> torch.Tensor:

@@ -18,8 +18,9 @@ from flowprefill.attention.flashinfer_plan import (
     prefill_page_table,
 )
 from flowprefill.config import EngineConfig, ModelConfig
-from flowprefill.core import SLO, Job, Request
+from flowprefill.core import SLO, ForwardPlan, Job, JobPlan, Request
 from flowprefill.executor import ModelRunner, Piece, build_decode_batch, build_prefill_batch
+from tests.cpu_fp32 import CPU_FP32
 
 CFG = ModelConfig(name="t", vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=3,
                   num_heads=4, num_kv_heads=2, max_position=4096, tie_word_embeddings=False,
@@ -28,7 +29,7 @@ CFG = ModelConfig(name="t", vocab_size=512, hidden_size=64, intermediate_size=12
 
 @pytest.fixture(scope="module")
 def model():
-    return ModelRunner(CFG, EngineConfig(num_kv_blocks=128)).model
+    return ModelRunner(CFG, EngineConfig(**CPU_FP32, num_kv_blocks=128)).model
 
 
 def csr_slots(t, i, kv_len, bs) -> torch.Tensor:
@@ -217,12 +218,15 @@ class PlanCountingBackend(TorchBackend):
 
 
 def test_executor_metadata_is_planned_once_per_slice_not_per_layer(model):
-    rn = ModelRunner(CFG, EngineConfig(num_kv_blocks=128), model=model)
+    eng = EngineConfig(**CPU_FP32, num_kv_blocks=128)
+    rn = ModelRunner(CFG, eng, model=model)
     rn.backend = be = PlanCountingBackend()
     req = Request("r", 0.0, 50, SLO(1.0), prompt_token_ids=tuple(range(50)))
-    job = rn.prefill_job(Job(0, (req,)), max_op_tokens=20)  # slices [0,20) [20,40) [40,50)
-    ref = ModelRunner(CFG, EngineConfig(num_kv_blocks=128), model=model)
-    expect = ref.prefill_job(Job(0, (req,))).run()
+    rows = (0, 20, 40, 50)  # token slices [0,20) [20,40) [40,50)
+    sliced = JobPlan((ForwardPlan(((50, 0),), 1, CFG.num_layers, rows, rows),))
+    job = rn.prefill_job(Job(0, (req,), sliced))
+    ref = ModelRunner(CFG, eng, model=model)
+    expect = ref.prefill_job(Job(0, (req,), JobPlan.unsliced((50,), CFG.num_layers))).run()
     torch.testing.assert_close(job.run(), expect)  # same results with the counting backend
     plans = [p for w in be.log["wrappers"] for p in w.plans]
     # 3 slices x 3 layers of attention: the fresh first slice is ragged, the later two read

@@ -47,7 +47,7 @@ def test_every_group_option(conf_dir, group, option):
 def test_serve_defaults_are_the_documented_ones(conf_dir):
     cfg = compose(config_name="config")
     assert cfg.model.name == "tiny" and cfg.model.arch == "qwen2"
-    assert cfg.engine.device == "cpu"
+    assert (cfg.engine.device, cfg.engine.dtype, cfg.engine.attention) == ("auto",) * 3
     assert cfg.policy.name == "flowprefill"
     assert (cfg.server.host, cfg.server.port) == ("127.0.0.1", 8000)
 
@@ -63,6 +63,19 @@ def test_typo_or_bad_type_names_the_key(conf_dir, override, key):
     with pytest.raises((ConfigCompositionException, ConfigKeyError, ValueError)) as e:
         compose(config_name="config", overrides=[override])
     assert key in str(e.value) + str(e.value.__cause__)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("engine.device=gpu", "engine.device: 'gpu' is not one of auto | cpu | cuda"),
+    ("engine.dtype=fp8", "engine.dtype: 'fp8' is not one of"),
+    ("policy.granularity=token", "policy.granularity: 'token' is not one of"),
+    ("deploy.role=router", "deploy.role: 'router' is not one of"),
+])
+def test_a_choice_outside_its_choices_is_refused_at_conversion(conf_dir, override, message):
+    group = override.split(".")[0]
+    cfg = compose(config_name="config", overrides=[override])
+    with pytest.raises(ValueError, match=message.replace("|", r"\|")):
+        from_hydra(GROUPS[group], cfg[group])
 
 
 def test_nested_rope_scaling_composes_and_overrides(conf_dir):

@@ -19,6 +19,7 @@ from flowprefill.executor import ModelRunner, Piece, build_prefill_batch
 from flowprefill.model import Decoder, config_from_hf
 from flowprefill.model.layers import rope_tables
 from flowprefill.model.loading import hf_weights
+from tests.cpu_fp32 import CPU_FP32
 
 transformers = pytest.importorskip("transformers")
 
@@ -53,7 +54,7 @@ def save_tiny_llama31(path, sharpen: float = 1.0, **rope):
 def hf(tmp_path_factory):
     path = tmp_path_factory.mktemp("llama31")
     model = save_tiny_llama31(path, sharpen=3.0)  # attention sharp enough for RoPE to matter
-    runner = ModelRunner(ModelConfig(path=str(path)), EngineConfig(num_kv_blocks=64))
+    runner = ModelRunner(ModelConfig(path=str(path)), EngineConfig(**CPU_FP32, num_kv_blocks=64))
     return model, runner, path
 
 
@@ -134,7 +135,7 @@ def test_packed_batch_last_logits_match_transformers(hf, lengths):
     prompts = _prompts(lengths, seed=len(lengths))
     reqs = tuple(Request(f"r{i}", 0.0, len(p), SLO(1.0), prompt_token_ids=tuple(p))
                  for i, p in enumerate(prompts))
-    logits = runner.prefill_job(Job(1, reqs)).run()
+    logits = runner.prefill_job(Job.unsliced(1, tuple(reqs), runner.model_cfg.num_layers)).run()
     for r in reqs:
         runner.free(r.request_id)
     for i, p in enumerate(prompts):

@@ -138,12 +138,17 @@ def hf_weights(cfg: ModelConfig, path: str | Path) -> ModelWeights:
     return ModelWeights(embed, layers, get("model.norm.weight"), head)
 
 
+def resolve_config(cfg: ModelConfig) -> ModelConfig:
+    """The architecture `cfg` loads as: a checkpoint's own config wins over the preset."""
+    return config_from_hf(cfg.path, cfg) if cfg.path else cfg
+
+
 def load_model(cfg: ModelConfig, device: str = "cpu", dtype: str = "float32",
                compile: bool = False) -> Decoder:
     """The Decoder for `cfg`: from `cfg.path` when set, else seeded random weights."""
     torch_dtype = DTYPES[dtype]
+    cfg = resolve_config(cfg)
     if cfg.path:
-        cfg = config_from_hf(cfg.path, cfg)
         weights = hf_weights(cfg, cfg.path).to(device, torch_dtype)
     else:
         weights = random_weights(cfg, torch_dtype, device)

@@ -9,10 +9,16 @@ model or the engine.
 
 from __future__ import annotations
 
-from flowprefill.config import EngineConfig, HardwareConfig, ModelConfig, PredictorConfig
-from flowprefill.predictor.base import Predictor, chunk_shape, job_shape
+from flowprefill.config import (
+    AUTO_HARDWARE,
+    EngineConfig,
+    HardwareConfig,
+    ModelConfig,
+    PredictorConfig,
+)
+from flowprefill.predictor.base import Predictor
 from flowprefill.predictor.correction import CorrectedPredictor, OnlineCorrection
-from flowprefill.predictor.cost import OP_KINDS, BatchShape, ForwardCost, op_kind
+from flowprefill.predictor.cost import OP_KINDS, BatchShape, ForwardCost, UnitCosts, op_kind
 from flowprefill.predictor.cubic import CubicPredictor
 from flowprefill.predictor.fitted import AUTO, FittedPredictor, artifact_dir, save_artifact
 from flowprefill.predictor.roofline import RooflinePredictor
@@ -51,6 +57,10 @@ def make_predictor(cfg: PredictorConfig, model: ModelConfig, hardware: HardwareC
                    engine: EngineConfig | None = None) -> Predictor:
     """The predictor a config names (`engine`: the engine it will price, when there is one;
     an artifact found by `path: auto` must have been profiled with its settings)."""
+    if hardware.name == AUTO_HARDWARE:
+        raise ValueError("hardware=auto is decided by the engine it runs on; without one "
+                         "(a simulation) name a preset: hardware=a800 | h100 | h200 | cpu | "
+                         "cpu_bf16")
     if cfg.kind == "roofline":
         pred: Predictor = RooflinePredictor(model, hardware)
     elif cfg.kind in ("fitted", "cubic"):
@@ -73,9 +83,8 @@ __all__ = [
     "OnlineCorrection",
     "Predictor",
     "RooflinePredictor",
+    "UnitCosts",
     "artifact_dir",
-    "chunk_shape",
-    "job_shape",
     "make_predictor",
     "op_kind",
     "save_artifact",

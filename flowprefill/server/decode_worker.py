@@ -78,7 +78,8 @@ class DecodeWorker:
             log.warning("release of %s at %s failed: %s", rid, url, e)
 
     async def _pull(self, request, src: dict) -> tuple[int, float]:
-        """Reserve and fill the request's KV; returns (bytes, seconds)."""
+        """Reserve and fill the request's KV; returns (bytes, seconds), seconds < 0 when the
+        pull failed and the request must be prefilled here again."""
         rid = request.request_id
         try:
             local = self.engine.reserve(rid, src["num_tokens"])
@@ -95,8 +96,7 @@ class DecodeWorker:
                 raise TransferError(f"KV transfer from {src['url']} failed: {e}") from e
             log.warning("pull of %s failed (%s); recomputing its prefill here", rid, e)
             self.recomputes += 1
-            await asyncio.to_thread(self.engine.recompute, request)
-            return 0, 0.0
+            return 0, -1.0  # no KV arrived: the engine prefills it again
         except BaseException:
             self.engine.runner.free(rid)
             raise
@@ -117,7 +117,8 @@ class DecodeWorker:
             yield _line({"token_id": None, "finish_reason": "error", "error": str(e)})
             return
         stream = self.engine.resume(request, sampling, body["first_token"],
-                                    base64.b64decode(state) if state else None)
+                                    base64.b64decode(state) if state else None,
+                                    recompute=secs < 0)
         try:  # from here the decode loop owns the blocks; an abort is what frees them
             yield _line({"kv": {"bytes": nbytes, "seconds": secs}})
             async for out in self.engine.outputs(stream):

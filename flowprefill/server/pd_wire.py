@@ -65,7 +65,8 @@ def worker_app(role: str, engine, agent_name: str, stats: Callable[[], dict]) ->
     @app.get("/internal/info")
     async def info() -> dict:
         return {"role": role, "pid": os.getpid(), "model": engine.model_name,
-                "max_model_len": engine.max_model_len, "vocab_size": engine.vocab_size}
+                "max_model_len": engine.max_model_len, "vocab_size": engine.vocab_size,
+                "hardware": engine.hardware}
 
     @app.get("/internal/stats")
     async def stats_() -> dict:
