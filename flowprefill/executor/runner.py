@@ -55,6 +55,8 @@ class ModelRunner:
         # behind the prefill units launched ahead of the device
         self.prefill_stream = torch.cuda.Stream() if cuda else None
         self.decode_stream = torch.cuda.Stream() if cuda else None
+        if cuda:  # weights and pool were made on the default stream: done before others read
+            torch.cuda.synchronize()
 
     @property
     def device(self) -> torch.device:
