@@ -153,5 +153,9 @@ def test_fitted_errors(tmp_path):
     bad.write_text(json.dumps({"format": "flowprefill-predictor", "version": 99}))
     with pytest.raises(ValueError, match="version"):
         FittedPredictor.load(bad)
-    with pytest.raises(ValueError, match="unknown predictor kind"):
+    with pytest.raises(ValueError, match="predictor.kind: 'magic' is not one of roofline"):
         make_predictor(PredictorConfig(kind="magic"), ModelConfig(), HardwareConfig())
+    with pytest.raises(ValueError, match="the simulator's"):
+        make_predictor(PredictorConfig(kind="oracle"), ModelConfig(), HardwareConfig())
+    with pytest.raises(ValueError, match="hardware=auto"):
+        make_predictor(PredictorConfig(), ModelConfig(), HardwareConfig(name="auto"))

@@ -29,6 +29,7 @@ from flowprefill.server.pd_wire import (
     sampling_from_wire,
     worker_app,
 )
+from flowprefill.server.tasks import BackgroundTasks
 
 log = logging.getLogger("flowprefill.decode_worker")
 
@@ -43,7 +44,7 @@ class DecodeWorker:
         self.http = httpx.AsyncClient(timeout=5.0, headers=headers or {})  # secret for peers
         self.peers: dict[str, str] = {}  # prefill URL -> its agent's name
         self.transfers = self.transfer_bytes = self.transfer_failures = self.recomputes = 0
-        self._tasks: set[asyncio.Task] = set()  # fire-and-forget releases, kept referenced
+        self._tasks = BackgroundTasks()  # fire-and-forget releases
         self._peer_lock = asyncio.Lock()
 
     async def _peer(self, url: str, agent_name: str) -> str:
@@ -67,9 +68,7 @@ class DecodeWorker:
         return agent_name
 
     def _release_remote(self, url: str, rid: str) -> None:
-        task = asyncio.ensure_future(self._post(url + "/internal/kv/release", rid))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._post(url + "/internal/kv/release", rid))
 
     async def _post(self, url: str, rid: str) -> None:
         try:
@@ -128,6 +127,11 @@ class DecodeWorker:
             if not stream.finished:
                 self.engine.abort(request.request_id)
             self.engine.streams.pop(request.request_id, None)
+
+    async def close(self) -> None:
+        """Let the releases on their way reach the prefill workers, then close the client."""
+        await self._tasks.drain()
+        await self.http.aclose()
 
     def stats(self) -> dict:
         return {**self.engine.stats(), "transfers": self.transfers,

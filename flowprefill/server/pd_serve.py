@@ -119,7 +119,7 @@ def serve_decode(model: ModelConfig, engine: EngineConfig, policy: PolicyConfig,
             await _serve(guarded(build_decode_app(worker), deploy), deploy.worker_host,
                          deploy.port, grace)
         finally:
-            await worker.http.aclose()
+            await worker.close()
 
     try:
         asyncio.run(main())

@@ -13,7 +13,6 @@ import os
 from collections.abc import Callable
 
 from fastapi import FastAPI
-from fastapi import Request as HTTPRequest
 
 from flowprefill.core import SLO, Request
 from flowprefill.engine.api import SamplingParams
@@ -45,12 +44,6 @@ def sampling_to_wire(s: SamplingParams) -> dict:
 
 def sampling_from_wire(d: dict) -> SamplingParams:
     return SamplingParams(**d)
-
-
-async def wait_disconnect(raw: HTTPRequest) -> None:
-    """Returns when the peer closes the connection (the body is already read)."""
-    while (await raw.receive())["type"] != "http.disconnect":
-        pass
 
 
 def worker_app(role: str, engine, agent_name: str, stats: Callable[[], dict]) -> FastAPI:
