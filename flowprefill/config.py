@@ -147,6 +147,11 @@ class PolicyConfig:
     # what to do with requests predicted to miss
     drop: Literal["demote", "moore_hodgson"] = "demote"
     reject: bool = False  # reject dropped requests instead of ranking them last
+    # slack-aware orders: a request predicted to miss runs ahead of feasible work when its cost
+    # is at most this share of that work's least slack, times the share of the worker left
+    # idle by recent arrivals (what later arrivals will need); 0: it waits until every
+    # feasible job is done
+    absorb_late: float = 1.0
     class_priority: dict[str, int] = field(default_factory=dict)  # order=priority: lower first
 
 

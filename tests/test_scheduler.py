@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flowprefill.core import Abort, Arrival, Completion, Progress
-from flowprefill.scheduler import ORDERS, BlockBudget, Scheduler, moore_hodgson
+from flowprefill.scheduler import MAX_SCAN, ORDERS, BlockBudget, Scheduler, moore_hodgson
 from tests.test_scheduler_helpers import UnitPredictor, cost, policy, req
 
 
@@ -197,3 +197,26 @@ def test_priority_order():
         order.append(d.run.request_ids[0])
         d = s.on_event(Completion(d.run.job_id), 1.0)
     assert order == ["u", "r", "o"]
+
+
+def test_late_work_is_not_absorbed_when_recent_arrivals_fill_the_worker():
+    """The same situation as above, after 12 s of arrivals worth more than the worker can do:
+    the slack is kept for what keeps arriving, and the late request waits."""
+    s, x = _scheduler_with_blocker()
+    for i in range(20):  # 2 s of work every 0.5 s for 10 s: four times what fits
+        s.on_event(Arrival(req(f"busy{i}", 0.5 * i, 5000, 1000.0)), 0.5 * i)
+    assert s.load.at(12.0) > 1.0 and s.queue.num_ready <= MAX_SCAN
+    s.on_event(Arrival(req("late", 11.0, 100, 0.5)), 11.0)
+    s.on_event(Arrival(req("ok", 11.0, 1000, 100.0)), 11.0)
+    assert ids(s.on_event(Completion(x.job_id), 12.0).run) != ("late",)
+
+
+def test_load_estimate_decays_with_time():
+    from flowprefill.scheduler.load import Load
+
+    load = Load(window=10.0)
+    assert load.at(0.0) == 0.0
+    for i in range(100):  # one second of work each second
+        load.add(float(i), 1.0)
+    assert 0.9 < load.at(99.0) < 1.1
+    assert load.at(99.0 + 10 * 10.0) < 1e-4 * load.at(99.0)

@@ -37,11 +37,13 @@ from flowprefill.scheduler.batching import MAX_SCAN, form_batch
 from flowprefill.scheduler.decoding import DecodeSet
 from flowprefill.scheduler.dropping import moore_hodgson
 from flowprefill.scheduler.kv import KVView, blocks_for
+from flowprefill.scheduler.load import Load
 from flowprefill.scheduler.orders import get_order
 from flowprefill.scheduler.queue import Waiting, WaitQueue
 from flowprefill.scheduler.trace import summarize
 
 DROPS = ("demote", "moore_hodgson")
+LOAD_WINDOW_S = 10.0  # how far back the load estimate that paces late work looks
 Rank = tuple[float, ...]
 SLO_MISS = "the scheduler predicts it cannot meet its TTFT SLO"
 
@@ -81,6 +83,7 @@ class Scheduler:
         self._rejected: list[Rejection] = []  # reported (and cleared) by the next decision
         self._dropped: list[int] = []
         self._new_blocks = 0  # blocks of a job started by the decision being made
+        self.load = Load(LOAD_WINDOW_S)  # recent prefill work arriving per second
 
     # ------------------------------------------------------------------ events
 
@@ -141,6 +144,7 @@ class Scheduler:
                 f"{self.kv.total_blocks()}"))
             return
         cost = self.predictor.total(self.planner.plan((r.prompt_len,)))
+        self.load.add(r.arrival, cost)
         key = self.order.key(r.arrival, r.deadline, r.slo.slo_class, self.cfg)
         self.queue.push(Waiting(r, r.request_id, key, self._next_seq, r.deadline, cost,
                                 r.deadline - cost))
@@ -271,9 +275,11 @@ class Scheduler:
             return ()
         options.sort(key=lambda o: o[0])
         choice = options[0]
-        if self.order.slack_aware and choice[0][0] == 0.0:
+        share = self.cfg.absorb_late * max(0.0, 1.0 - self.load.at(now))
+        if self.order.slack_aware and share > 0 and choice[0][0] == 0.0:
             late = next((o for o in options if o[0][0] == 1.0), None)
-            if late is not None and late[3] <= self._absorbable(now, current, paused, fitting):
+            if late is not None and late[3] <= share * self._absorbable(now, current, paused,
+                                                                         fitting):
                 choice = late
         _, what, obj, _ = choice
         if what == "current":
@@ -295,7 +301,10 @@ class Scheduler:
                     waiting: list[Waiting]) -> float:
         """Seconds the feasible work can be delayed without any of it missing: the least slack
         over it run earliest-deadline-first from now (inf when there is none). Looks at the
-        running job and at most MAX_SCAN suspended jobs and waiting requests."""
+        running job and at most MAX_SCAN suspended jobs and waiting requests; with more than
+        that feasible, it cannot tell and answers -inf (nothing is absorbed)."""
+        if self.queue.num_ready > MAX_SCAN or self.paused.num_ready > MAX_SCAN:
+            return -math.inf
         work = [(w.deadline, w.cost) for w in paused if not self.paused.is_demoted(w.ident)]
         work += [(w.deadline, w.cost) for w in waiting if not self.queue.is_demoted(w.ident)]
         if current is not None and not self._late(current, now):
