@@ -82,7 +82,7 @@ class ModelConfig:
     path: str | None = None
     served_model: str | None = None  # the id the API reports and answers to; see served_name
     seed: int = 0
-    tokenizer: str | None = None  # None: the directory's, else qwen (qwen2 arch) or bytes
+    tokenizer: str | None = None  # None: the checkpoint's (dir or GGUF), else qwen (qwen2) or bytes
     eos_token_id: int | None = 151643
 
     @property

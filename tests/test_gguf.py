@@ -21,6 +21,7 @@ from flowprefill.config import (
     ModelConfig,
     PolicyConfig,
     PredictorConfig,
+    RopeScaling,
 )
 from flowprefill.core import SLO, Job, Request
 from flowprefill.model.dequant import dequantize
@@ -119,6 +120,8 @@ def test_config_from_gguf_reads_the_architecture(tiny):
     assert cfg.tie_word_embeddings == hf.tie_word_embeddings
     assert cfg.eos_token_id == load_tokenizer(cfg).eos_token_id == IM_END
     assert config_from_gguf(gguf_file(tiny)).name == f"{arch}-F32"  # no base: the file stem
+    scaled = ModelConfig(rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 8192))
+    assert config_from_gguf(gguf_file(tiny), scaled).rope_scaling == RopeScaling()  # the file's
 
 
 # every type on llama; qwen2 (biases, no Q/K permutation) on three of them

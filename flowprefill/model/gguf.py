@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flowprefill.config import ModelConfig
+from flowprefill.config import ModelConfig, RopeScaling
 from flowprefill.model.dequant import dequantize
 
 ARCHS = ("llama", "qwen2")  # general.architecture values we run
@@ -154,6 +154,7 @@ def config_from_gguf(src: str | Path | GGUFFile, base: ModelConfig | None = None
         head_dim=head_dim if head_dim != hidden // heads else None,
         max_position=int(meta("context_length", base.max_position)),
         rope_theta=_f32(meta("rope.freq_base", 10000.0)),
+        rope_scaling=RopeScaling(),  # scaled files are refused above; not the base's
         rms_norm_eps=_f32(meta("attention.layer_norm_rms_epsilon")),
         tie_word_embeddings="output.weight" not in gf.tensors,
         path=str(gf.path),
