@@ -43,7 +43,7 @@ def run(model: ModelConfig, engine: EngineConfig, policy: PolicyConfig,
 
     local = build_local_engine(model, engine, policy, predictor, hardware, max_decode_batch)
     local.start()
-    log.info("serving %s (policy %s) on http://%s:%d", model.name, policy.name, server.host,
+    log.info("serving %s (policy %s) on http://%s:%d", model.served_name, policy.name, server.host,
              server.port)
     try:
         # SIGINT/SIGTERM: stop accepting, give in-flight requests `grace_period` seconds;

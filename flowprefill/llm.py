@@ -30,10 +30,11 @@ class RequestOutput:
 
 def resolve_configs(model: str, engine: str = "auto", **overrides: Any
                     ) -> tuple[ModelConfig, EngineConfig]:
-    """`model`: a conf/model name or an HF directory; overrides go to whichever config has the
-    key (model fields first); an unknown key raises naming it."""
-    if Path(model).is_dir():
-        model_cfg = ModelConfig(name=Path(model).name, path=str(model))
+    """`model`: a conf/model name, an HF directory or a GGUF file (a path, or `pkg:...`, see
+    ModelConfig.path); overrides go to whichever config has the key (model fields first); an
+    unknown key raises naming it."""
+    if Path(model).is_dir() or model.endswith(".gguf"):
+        model_cfg = ModelConfig(name=Path(model).name.removesuffix(".gguf"), path=str(model))
     else:
         model_cfg = from_hydra(ModelConfig, load_option("model", model))
     engine_cfg = from_hydra(EngineConfig, load_option("engine", engine))
@@ -50,7 +51,8 @@ def resolve_configs(model: str, engine: str = "auto", **overrides: Any
 
 
 class LLM:
-    """`LLM(model="tiny")`, `LLM(model="/path/to/hf_dir")`, `LLM(model="tiny", num_layers=2)`."""
+    """`LLM(model="tiny")`, `LLM(model="smollm2_135m")`, `LLM(model="/path/to/hf_dir")`,
+    `LLM(model="/path/to/model.gguf")`, `LLM(model="tiny", num_layers=2)`."""
 
     def __init__(self, model: str = "tiny", engine: str = "auto", **overrides: Any) -> None:
         model_cfg, engine_cfg = resolve_configs(model, engine, **overrides)

@@ -86,7 +86,7 @@ def _server_stats(s: ReplaySettings) -> dict:
 def spec_from_hydra(cfg: DictConfig, run_dir: Path) -> BenchmarkSpec:
     model = from_hydra(ModelConfig, cfg.model)
     return BenchmarkSpec(
-        replay=ReplaySettings(url=cfg.url, model=cfg.served_model or model.name,
+        replay=ReplaySettings(url=cfg.url, model=cfg.served_model or model.served_name,
                               max_output_tokens=cfg.max_output_tokens, timeout=cfg.timeout,
                               seed=cfg.workload.seed, api_key=cfg.api_key),
         workload=from_hydra(WorkloadConfig, cfg.workload), slo=from_hydra(SLOConfig, cfg.slo),

@@ -122,8 +122,8 @@ def real_run(cfg: DictConfig, policy: PolicyConfig, requests: list,
     server = Server(serve_config_args(OmegaConf.create(resolved), run_dir),
                     run_dir / "server.log", cfg.startup_timeout)
     try:
-        s = ReplaySettings(url=server.url, model=cfg.model.name, max_output_tokens=1,
-                           timeout=cfg.timeout, seed=cfg.workload.seed)
+        s = ReplaySettings(url=server.url, model=from_hydra(ModelConfig, cfg.model).served_name,
+                           max_output_tokens=1, timeout=cfg.timeout, seed=cfg.workload.seed)
         asyncio.run(warm_up(s, cfg.warmup))
         isolated = asyncio.run(isolated_ttfts(s, cfg.calibrate_lengths)) if cfg.calibrate else []
         return asyncio.run(replay(requests, s)), isolated

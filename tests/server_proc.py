@@ -1,4 +1,8 @@
-"""Starting a real `serve.py` in a subprocess on a free loopback port, for end-to-end tests."""
+"""Starting a real `serve.py` in a subprocess on a free loopback port, for end-to-end tests.
+
+The test model is `tiny` (random weights, fast): a server starts with `model=tiny` unless the
+overrides choose a model group option themselves (serve.py's own default is a real model).
+"""
 
 from __future__ import annotations
 
@@ -22,8 +26,9 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
+        model = [] if any(o.startswith("model=") for o in overrides) else ["model=tiny"]
         args = [sys.executable, str(ROOT / "serve.py"), f"server.port={self.port}",
-                f"hydra.run.dir={LOGS}", "hydra.output_subdir=null", *overrides]
+                f"hydra.run.dir={LOGS}", "hydra.output_subdir=null", *model, *overrides]
         LOGS.mkdir(parents=True, exist_ok=True)
         self.log_path = LOGS / f"serve-{self.port}.log"
         self.log = open(self.log_path, "w")  # noqa: SIM115

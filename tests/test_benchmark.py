@@ -68,7 +68,7 @@ def test_burst_benchmark_records_outcomes_and_memory_per_burst(tmp_path):
     env = dict(os.environ, WANDB_MODE="disabled")
     subprocess.run(
         [sys.executable, str(ROOT / "runners" / "bench_burst.py"), "bursts=2", "size=60",
-         "serve=['model.num_layers=1','server.max_waiting=8']", f"out={out}",
+         "serve=['model=tiny','model.num_layers=1','server.max_waiting=8']", f"out={out}",
          f"hydra.run.dir={tmp_path}/run"], cwd=ROOT, env=env, check=True, timeout=300)
     result = json.loads(out.read_text())
     rows = result["bursts"]

