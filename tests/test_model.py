@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
@@ -27,10 +26,8 @@ def test_operator_table():
                      (OpKind.ATTENTION, 1), (OpKind.MLP, 1), (OpKind.FINAL, -1)]
 
 
-def test_random_init_is_seeded_shaped_and_fast():
-    t0 = time.perf_counter()
+def test_random_init_is_seeded_and_shaped():
     tiny = random_weights(ModelConfig())  # the real tiny config: 151936 x 256 embedding
-    assert time.perf_counter() - t0 < 5.0
     assert tiny.lm_head is tiny.embed  # tied
     assert abs(tiny.embed.std().item() - 0.02) < 1e-3
     a, b = random_weights(SMALL), random_weights(SMALL)
