@@ -8,14 +8,20 @@ at a time, with a preemption check, an event-deque emptiness test, between opera
 `sliced` (the plan the engine runs: operators predicted longer than `engine.max_unit_ms`
 split into token slices, by the configured predictor, the check after every unit), `layer`
 (the check between layers), `chunked_<n>` (chunks of n tokens, the check between chunks),
-`hf` (transformers' `ForCausalLM` forward, logits of the last position only).
+`loop` (one request through the engine's device loop: scheduler call, the sliced plan,
+the loop's checks and the device timeline around every unit, sampling), `hf` (transformers'
+`ForCausalLM` forward, logits of the last position only). `unit_overhead_us` is what each
+unit costs beyond the variant below it (operator and sliced vs monolithic, loop vs sliced);
+`decode` is decode tokens/s at `decode_batches`.
 Rounds are interleaved (each timed round runs every variant once) so that noise from other
 processes on the machine hits all variants alike; results are medians.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import functools
 import json
 import os
 import platform
@@ -36,18 +42,34 @@ from flowprefill.config import (  # noqa: E402
     EngineConfig,
     HardwareConfig,
     ModelConfig,
+    PolicyConfig,
     PredictorConfig,
     from_hydra,
     register_configs,
 )
-from flowprefill.core import SLO, Granularity, Job, JobPlan, Request  # noqa: E402
+from flowprefill.core import (  # noqa: E402
+    SLO,
+    Arrival,
+    Granularity,
+    Job,
+    JobPlan,
+    Request,
+    SamplingParams,
+    WallClock,
+)
+from flowprefill.engine.local import BlockManagerView  # noqa: E402
+from flowprefill.engine.loop import EngineLoop  # noqa: E402
+from flowprefill.engine.sources import ScriptedSource  # noqa: E402
+from flowprefill.engine.streams import OutputStream  # noqa: E402
 from flowprefill.executor import ModelRunner  # noqa: E402
+from flowprefill.metrics import RequestRecord  # noqa: E402
 from flowprefill.model import Decoder  # noqa: E402
 from flowprefill.predictor import make_predictor  # noqa: E402
 from flowprefill.predictor.plan import Planner  # noqa: E402
+from flowprefill.scheduler import Scheduler  # noqa: E402
 
 KEYS = frozenset({"model", "engine", "predictor", "hardware", "out", "prompt_tokens", "variants",
-                  "compile", "repeats", "warmup", "seed"})
+                  "compile", "repeats", "warmup", "seed", "decode_batches", "decode_context"})
 
 
 def hf_model(model: Decoder) -> torch.nn.Module:
@@ -116,8 +138,7 @@ class Bench:
             model = Decoder(model.cfg, model.weights, compile=compiled)
         self.runner = ModelRunner(model_cfg, engine_cfg, model=model)
         self.planner = planner
-        self.hf = hf_model(self.runner.model)
-        self.hf_fwd = torch.compile(self.hf, dynamic=True) if compiled else self.hf
+        self.compiled = compiled
         self.events: collections.deque = collections.deque()  # stays empty: the check's cost
         self._n = 0
 
@@ -126,8 +147,16 @@ class Bench:
         req = Request(f"b{self._n}", 0.0, len(ids), SLO(1.0), prompt_token_ids=tuple(ids))
         return Job(self._n, (req,), plan, chunk if len(plan.passes) > 1 else None)
 
-    def run(self, variant: str, ids: list[int]) -> torch.Tensor:
+    @functools.cached_property
+    def hf_fwd(self) -> torch.nn.Module:
+        """transformers' twin, built on first use (the `hf` variant)."""
+        hf = hf_model(self.runner.model)
+        return torch.compile(hf, dynamic=True) if self.compiled else hf
+
+    def run(self, variant: str, ids: list[int]) -> torch.Tensor | None:
         rn = self.runner
+        if variant == "loop":
+            return self.through_loop(ids)
         if variant == "hf":
             return self.hf_fwd(torch.tensor([ids], device=rn.model.device), use_cache=False,
                                logits_to_keep=1).logits[0]
@@ -153,14 +182,63 @@ class Bench:
                 rn.free(s)
 
 
+    def through_loop(self, ids: list[int]) -> None:
+        """One request through the engine's device loop: a scheduler call, the sliced plan,
+        every unit recorded on the device timeline with the loop's checks between units,
+        the first token sampled. What `loop` costs beyond `sliced` is the loop's overhead."""
+        rn = self.runner
+        sched = Scheduler(PolicyConfig(batching=False), self.planner.predictor,
+                          BlockManagerView(rn.blocks), max_unit_s=self.planner.max_unit_s)
+        self._n += 1
+        req = Request(f"b{self._n}", 0.0, len(ids), SLO(100.0), prompt_token_ids=tuple(ids))
+        aloop = asyncio.new_event_loop()  # never run: nobody reads the output
+        stream = OutputStream(req, SamplingParams(max_tokens=1), aloop,
+                              RequestRecord.for_request(req))
+        clock = WallClock()
+        EngineLoop(rn, sched, clock, {req.request_id: stream},
+                   ScriptedSource(clock, [(0.0, Arrival(req))]),
+                   launch_ahead=rn.engine_cfg.launch_ahead).run()
+        aloop.close()
+        return None
+
+
+def decode_rates(bench: Bench, batches: list[int], context: int, steps: int, repeats: int,
+                 g: torch.Generator) -> dict[str, dict[str, float]]:
+    """Decode tokens/s of batched steps over sequences holding `context` tokens each."""
+    rn, out = bench.runner, {}
+    for b in batches:
+        rates = []
+        for rep in range(repeats + 1):  # the first is a warm-up
+            ids = [f"d{b}_{rep}_{i}" for i in range(b)]
+            rn.blocks.allocate_all(ids, [context] * b)  # KV contents do not change the time
+            tokens = torch.randint(0, rn.model_cfg.vocab_size, (b,), generator=g).tolist()
+            try:
+                _sync(rn.model.device)
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    tokens = rn.decode(ids, tokens).argmax(-1).tolist()
+                _sync(rn.model.device)
+                if rep:
+                    rates.append(b * steps / (time.perf_counter() - t0))
+            finally:
+                for i in ids:
+                    rn.free(i)
+        med = statistics.median(rates)
+        out[str(b)] = {"tok_s": med, "step_ms": 1e3 * b / med}
+    return out
+
+
 def run(model_cfg: ModelConfig, engine_cfg: EngineConfig, prompt_tokens: list[int],
         variants: list[str], compile_modes: list[bool], repeats: int, warmup: int,
         seed: int, predictor: PredictorConfig | None = None,
-        hardware: HardwareConfig | None = None) -> dict[str, Any]:
+        hardware: HardwareConfig | None = None, decode_batches: tuple[int, ...] = (),
+        decode_context: int = 256) -> dict[str, Any]:
     g = torch.Generator().manual_seed(seed)
     base: Decoder | None = None
     results: dict[str, dict[str, float]] = {}
     checks: dict[str, float] = {}
+    overhead: dict[str, dict[str, float]] = {}  # microseconds per unit beyond the baseline
+    decode: dict[str, dict] = {}
     total = len(compile_modes) * len(prompt_tokens) * (warmup + repeats) * len(variants)
     bar = tqdm(total=total, desc="bench_ops", unit="run")
     with torch.inference_mode():
@@ -187,15 +265,29 @@ def run(model_cfg: ModelConfig, engine_cfg: EngineConfig, prompt_tokens: list[in
                         if r >= warmup:
                             times[v].append(time.perf_counter() - t0)
                         bar.update()
+                med = {v: statistics.median(t) for v, t in times.items()}
                 for v in variants:
-                    results.setdefault(v + sfx, {})[str(n)] = n / statistics.median(times[v])
+                    results.setdefault(v + sfx, {})[str(n)] = n / med[v]
+                units = {"operator": 2 + 2 * rn.model_cfg.num_layers,
+                         "sliced": bench.planner.plan((n,)).num_units}
+                units["loop"] = units["sliced"]
+                for v, base_v in (("operator", "monolithic"), ("sliced", "monolithic"),
+                                  ("loop", "sliced")):
+                    if v in med and base_v in med:
+                        overhead.setdefault(f"{v}{sfx}_vs_{base_v}", {})[str(n)] = (
+                            1e6 * (med[v] - med[base_v]) / units[v])
                 ref = outs.get("monolithic")
                 if ref is not None:  # every variant computes the same logits
                     for v, o in outs.items():
-                        key = f"{v}{sfx}/{n}"
-                        checks[key] = float((o.reshape(ref.shape).float() - ref).abs().max())
+                        if o is not None:
+                            key = f"{v}{sfx}/{n}"
+                            checks[key] = float((o.reshape(ref.shape).float() - ref).abs().max())
+            if decode_batches:
+                decode[f"eager{sfx}" if not sfx else sfx[1:]] = decode_rates(
+                    bench, list(decode_batches), decode_context, 16, max(1, repeats), g)
     bar.close()
-    return {"results": results, "max_abs_diff_vs_monolithic": checks}
+    return {"results": results, "unit_overhead_us": overhead, "decode": decode,
+            "max_abs_diff_vs_monolithic": checks}
 
 
 def _machine() -> dict[str, Any]:
@@ -221,7 +313,8 @@ def main(cfg: DictConfig) -> None:
     out = run(model_cfg, engine_cfg, list(cfg.prompt_tokens), list(cfg.variants),
               [bool(c) for c in cfg.compile], cfg.repeats, cfg.warmup, cfg.seed,
               from_hydra(PredictorConfig, cfg.predictor),
-              from_hydra(HardwareConfig, cfg.hardware))
+              from_hydra(HardwareConfig, cfg.hardware), tuple(cfg.decode_batches),
+              cfg.decode_context)
     report = {"machine": machine_before, "load_avg_after": os.getloadavg(),
               "torch_version": torch.__version__, "settings": settings,
               "metric": "prefill tokens/s, median of repeats after warm-up", **out}
