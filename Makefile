@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: serve test lint setup peers
+.PHONY: serve test lint setup peers device-wheels
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -44,3 +44,11 @@ $(PEERS_STAMP): peers/vllm/pyproject.toml
 	$(PEERS)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
 	VLLM_TARGET_DEVICE=cpu $(PEERS)/bin/vllm --version
 	touch $(PEERS_STAMP)
+
+# Wheels a GPU machine without network lacks for runners/device_check.py (pure Python, any
+# CPython 3.12+): install there with
+#   python3 -m pip install --no-index --no-deps --target /tmp/site .whl/*.whl
+#   PYTHONPATH=/tmp/site python3 runners/device_check.py out=DIR
+device-wheels: $(STAMP)
+	$(BIN)/pip wheel -q --no-deps -w .whl hydra-core==1.3.8 omegaconf==2.3.1 \
+		antlr4-python3-runtime==4.9.3

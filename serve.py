@@ -62,10 +62,20 @@ register_configs()
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    run(from_hydra(ModelConfig, cfg.model), from_hydra(EngineConfig, cfg.engine),
-        from_hydra(PolicyConfig, cfg.policy), from_hydra(PredictorConfig, cfg.predictor),
-        from_hydra(HardwareConfig, cfg.hardware), from_hydra(ServerConfig, cfg.server),
-        cfg.max_decode_batch, from_hydra(DeployConfig, cfg.deploy) if "deploy" in cfg else None)
+    from flowprefill.executor.memory import ModelDoesNotFit
+
+    try:  # a bad value is one clear line naming the key, not a stack trace
+        configs = (from_hydra(ModelConfig, cfg.model), from_hydra(EngineConfig, cfg.engine),
+                   from_hydra(PolicyConfig, cfg.policy),
+                   from_hydra(PredictorConfig, cfg.predictor),
+                   from_hydra(HardwareConfig, cfg.hardware), from_hydra(ServerConfig, cfg.server))
+        deploy = from_hydra(DeployConfig, cfg.deploy) if "deploy" in cfg else None
+    except (KeyError, ValueError) as e:
+        raise SystemExit(f"serve.py: {e}") from None
+    try:
+        run(*configs, cfg.max_decode_batch, deploy)
+    except ModelDoesNotFit as e:  # refused before anything was allocated
+        raise SystemExit(f"serve.py: {e}") from None
 
 
 if __name__ == "__main__":

@@ -14,12 +14,49 @@ import dataclasses
 import functools
 import typing
 from dataclasses import dataclass, field
-from pathlib import PurePath
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 PKG_PREFIX = "pkg:"  # ModelConfig.path naming a file inside an installed package
 
 # --------------------------------------------------------------------------- model / engine
+
+RopeType = Literal["default", "llama3"]
+ROPE_TYPES: tuple[str, ...] = typing.get_args(RopeType)
+
+
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """RoPE frequency scaling (`model.rope_scaling`), as HF config.json's `rope_type`.
+
+    `default`: plain RoPE, the other fields unused. `llama3` (Llama 3.1/3.2): frequencies whose
+    wavelength exceeds `original_max_position / low_freq_factor` are divided by `factor`, those
+    shorter than `original_max_position / high_freq_factor` are kept, and the band between is
+    interpolated smoothly. The defaults are Llama 3.1's published values.
+    """
+
+    rope_type: RopeType = "default"
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position: int = 8192  # the context length pretraining used
+
+    def __post_init__(self) -> None:
+        if self.rope_type not in ROPE_TYPES:
+            raise ValueError(f"model.rope_scaling.rope_type: unsupported {self.rope_type!r} "
+                             f"(one of {', '.join(ROPE_TYPES)})")
+        if self.rope_type == "llama3":
+            if not self.factor >= 1.0:
+                raise ValueError(f"model.rope_scaling.factor must be >= 1, not {self.factor}")
+            if not 0 < self.low_freq_factor < self.high_freq_factor:
+                raise ValueError("model.rope_scaling: need 0 < low_freq_factor < "
+                                 f"high_freq_factor, not {self.low_freq_factor} and "
+                                 f"{self.high_freq_factor}")
+            if self.original_max_position <= 0:
+                raise ValueError("model.rope_scaling.original_max_position must be > 0, not "
+                                 f"{self.original_max_position}")
 
 
 @dataclass(frozen=True)
@@ -27,7 +64,7 @@ class ModelConfig:
     """A decoder architecture (Qwen2/2.5 or Llama 3) and where its weights come from."""
 
     name: str = "tiny"
-    arch: str = "qwen2"  # qwen2 | llama
+    arch: Literal["qwen2", "llama"] = "qwen2"
     vocab_size: int = 151936
     hidden_size: int = 256
     intermediate_size: int = 704
@@ -37,6 +74,7 @@ class ModelConfig:
     head_dim: int | None = None  # None: hidden_size // num_heads
     max_position: int = 32768
     rope_theta: float = 1_000_000.0
+    rope_scaling: RopeScaling = field(default_factory=RopeScaling)
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = True
     # an HF directory, a .gguf file, or pkg:<package>/<file> (a file inside an installed Python
@@ -44,7 +82,7 @@ class ModelConfig:
     path: str | None = None
     served_model: str | None = None  # the id the API reports and answers to; see served_name
     seed: int = 0
-    tokenizer: str | None = None  # None: the directory's, else qwen (qwen2 arch) or bytes
+    tokenizer: str | None = None  # None: the checkpoint's (dir or GGUF), else qwen (qwen2) or bytes
     eos_token_id: int | None = 151643
 
     @property
@@ -64,25 +102,49 @@ class ModelConfig:
         if self.served_model:
             return self.served_model
         if self.path and not self.path.startswith(PKG_PREFIX):
-            base = PurePath(self.path).name
+            base = Path(self.path).name
             return base[: -len(".gguf")] if base.endswith(".gguf") else base
         return self.name
 
 
+# Longest predicted unit (operator or token slice) the engine runs, by device, when
+# `engine.max_unit_ms` is not set. CPU: a 10 ms unit keeps a 25 ms urgent prefill behind a
+# long prompt within a 50 ms SLO, and slices of that size are still large GEMMs (hundreds of
+# rows for a 135M model); GPU: with two units queued ahead (`launch_ahead`), 2 ms units bound
+# a switch by ~5 ms, the paper's A800 figure, while a 2 ms slice is still thousands of rows of
+# a 7B model's MLP on an H100-class GPU.
+MAX_UNIT_MS = {"cpu": 10.0, "cuda": 2.0}
+
+
 @dataclass(frozen=True)
 class EngineConfig:
-    """How the model runs: device, precision, attention backend, compilation, preemption."""
+    """How the model runs: device, precision, attention backend, compilation, units.
 
-    device: str = "cpu"  # cpu | cuda
-    dtype: str = "float32"  # float32 | bfloat16 | float16
-    attention: str = "torch"  # torch (SDPA) | flashinfer (CUDA only)
-    compile: bool = False  # torch.compile each operator separately
-    granularity: str = "operator"  # operator | layer | none: preemption points of a prefill
-    max_op_tokens: int = 0  # split operators over more tokens than this into slices; 0 = never
+    `auto` values are resolved once, when the engine is built (`executor.device`): device
+    `cuda` when a CUDA device is present; dtype bfloat16 on CUDA and on CPUs with native bf16
+    (AVX512-BF16 or AMX), else float32; attention flashinfer on CUDA when it is installed;
+    compile on for CUDA, off for CPU; `max_unit_ms` from MAX_UNIT_MS.
+    """
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    attention: Literal["auto", "torch", "flashinfer"] = "auto"
+    compile: bool | None = None  # torch.compile each operator separately; None: by device
+    # operators predicted longer than this are split into token slices (operator
+    # granularity); 0 = never split; None: the device's default (MAX_UNIT_MS)
+    max_unit_ms: float | None = None
+    # units the host may run ahead of the device (CUDA); 0 = wait for every unit
+    launch_ahead: int = 2
     block_size: int = 16  # tokens per KV block
     num_kv_blocks: int = 4096  # KV pool size in blocks
     max_batch_tokens: int = 16384  # largest prefill batch the engine accepts
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+    tp: int = 1  # tensor-parallel ranks
+
+    @property
+    def max_unit_s(self) -> float:
+        ms = MAX_UNIT_MS.get(self.device, 0.0) if self.max_unit_ms is None else self.max_unit_ms
+        return ms / 1e3
 
 
 # --------------------------------------------------------------------------- scheduling
@@ -94,19 +156,28 @@ class PolicyConfig:
 
     name: str = "flowprefill"
     order: str = "sedf"  # fcfs | edf | sedf | priority
-    granularity: str = "operator"  # none | chunk | layer | operator
+    granularity: Literal["none", "chunk", "layer", "operator"] = "operator"
     chunk_size: int = 512  # with granularity=chunk
     batching: bool = True  # SLO-aware batching of short, non-urgent requests
     token_bound: int = 2048
     alpha: float = 0.1
-    drop: str = "demote"  # demote | moore_hodgson: what to do with requests predicted to miss
+    # what to do with requests predicted to miss
+    drop: Literal["demote", "moore_hodgson"] = "demote"
     reject: bool = False  # reject dropped requests instead of ranking them last
+    # slack-aware orders: a request predicted to miss runs ahead of feasible work when its cost
+    # is at most this share of that work's least slack, times the share of the worker left
+    # idle by recent arrivals (what later arrivals will need); 0: it waits until every
+    # feasible job is done
+    absorb_late: float = 1.0
     class_priority: dict[str, int] = field(default_factory=dict)  # order=priority: lower first
+
+
+AUTO_HARDWARE = "auto"  # hardware.name decided by the engine (engine.build.resolve_hardware)
 
 
 @dataclass(frozen=True)
 class HardwareConfig:
-    """An accelerator for the roofline cost model."""
+    """An accelerator for the roofline cost model (`auto`: the machine the engine runs on)."""
 
     name: str = "cpu"
     peak_flops: float = 1.0e11  # dense matmul FLOP/s at the run's dtype
@@ -121,7 +192,7 @@ class HardwareConfig:
 class PredictorConfig:
     kind: str = "roofline"  # roofline | fitted | cubic | oracle (simulator)
     path: str | None = None  # fitted/cubic artifact (file or dir); auto: artifacts/<model>_<hw>/
-    on_missing: str = "error"  # error | roofline: a fitted/cubic kind without its artifact
+    on_missing: Literal["error", "roofline"] = "error"  # a fitted/cubic kind without artifact
     correction: float = 0.0  # engine: EW weight of the online correction from op times; 0 = off
 
 
@@ -131,7 +202,7 @@ class PredictorConfig:
 @dataclass(frozen=True)
 class WorkloadConfig:
     name: str = "qwen_like"
-    format: str = "synthetic"  # qwen | azure | mooncake | canonical | auto | synthetic
+    format: Literal["qwen", "azure", "mooncake", "canonical", "auto", "synthetic"] = "synthetic"
     path: str | None = None
     rate_scale: float = 1.0  # divides inter-arrival gaps
     start: float | None = None  # window start, seconds from the trace's first request
@@ -142,14 +213,14 @@ class WorkloadConfig:
     # synthetic generator
     preset: str = "qwen_like"
     rate: float = 5.0  # requests/s
-    arrival: str = "poisson"  # poisson | gamma
+    arrival: Literal["poisson", "gamma"] = "poisson"
     cv: float = 1.0  # gamma arrivals: coefficient of variation of gaps
     num_requests: int = 1000
 
 
 @dataclass(frozen=True)
 class SLOConfig:
-    mode: str = "by_type"  # by_type | paper | scaled_by_type | bands
+    mode: Literal["by_type", "paper", "scaled_by_type", "bands"] = "by_type"
     scale: float = 1.0  # multiplies every SLO
     seed: int = 0
     # by_type: TTFT and TBT seconds per type; untyped traces are typed by `type_rule`
@@ -159,7 +230,7 @@ class SLOConfig:
     tbt: dict[str, float] = field(
         default_factory=lambda: {"text": 0.1, "image": 0.1, "search": 0.2, "file": 0.2}
     )
-    type_rule: str = "by_length"  # by_length | mix
+    type_rule: Literal["by_length", "mix"] = "by_length"
     # by_length: each type's inclusive upper bound on prompt tokens (longer: the largest bound's)
     length_types: dict[str, int] = field(
         default_factory=lambda: {"text": 1024, "search": 4096, "file": 16384}
@@ -217,8 +288,8 @@ class DeployConfig:
     `role=proxy` serves the public API over workers given by those URL lists.
     """
 
-    mode: str = "colocated"  # colocated | pd
-    role: str = "all"  # all | proxy | prefill | decode
+    mode: Literal["colocated", "pd"] = "colocated"
+    role: Literal["all", "proxy", "prefill", "decode"] = "all"
     prefill_workers: int = 1
     decode_workers: int = 1
     worker_host: str = "127.0.0.1"
@@ -226,9 +297,14 @@ class DeployConfig:
     port: int = 0  # this worker's internal API port (role=prefill|decode)
     prefill_urls: list[str] = field(default_factory=list)  # role=proxy
     decode_urls: list[str] = field(default_factory=list)
+    # role=all on a GPU machine: the CUDA device(s) of each worker, one entry per worker, as
+    # CUDA_VISIBLE_DEVICES ("0", or "0,1" for a tensor-parallel worker); empty: all of them
+    prefill_devices: list[str] = field(default_factory=list)
+    decode_devices: list[str] = field(default_factory=list)
     lease_timeout: float = 30.0  # seconds a prefilled request's KV waits to be pulled
     transfer_timeout: float = 10.0  # seconds one NIXL pull may take before it fails
-    on_transfer_failure: str = "fail"  # fail | recompute (prefill again on the decode side)
+    # fail | recompute (prefill again on the decode side)
+    on_transfer_failure: Literal["fail", "recompute"] = "fail"
     health_interval: float = 0.5  # seconds between the proxy's polls of worker stats
     startup_timeout: float = 300.0  # seconds workers get to become healthy
     # role=all restarts a worker that dies (same role and port; the proxy's health poll picks
@@ -243,7 +319,7 @@ class DeployConfig:
 
 @dataclass(frozen=True)
 class LoggerConfig:
-    kind: str = "json"  # json | wandb | none
+    kind: Literal["json", "wandb", "none"] = "json"
     project: str = "flowprefill"
     mode: str = "offline"  # wandb mode
     name: str | None = None  # wandb run name; None: wandb's default
@@ -255,7 +331,7 @@ class PeerConfig:
     """Another serving system `runners/compare.py` runs beside FlowPrefill: one file per
     peer in conf/peers/ (not a schema group: a comparison selects several at once)."""
 
-    kind: str = "vllm"  # how it is started (runners/peers.py)
+    kind: str = "vllm"  # how it is started (runners/peer_servers.py)
     args: list[str] = field(default_factory=list)  # its own command-line arguments
     env: dict[str, str] = field(default_factory=dict)  # its own environment variables
     venv: str = ".venv-peers"  # where it is installed (`make peers`), from the project root
@@ -275,8 +351,12 @@ class MetricsConfig:
 class SimConfig:
     switch_overhead: float = 0.0  # seconds charged when the running job changes
     schedule_overhead: float = 0.0  # seconds charged per scheduler call
-    num_kv_blocks: int = 0  # KV pool of the simulated prefill worker; 0 = unlimited
+    num_kv_blocks: int = 0  # KV pool of the simulated worker; 0 = unlimited
     block_size: int = 16  # tokens per KV block
+    max_unit_ms: float = MAX_UNIT_MS["cuda"]  # the simulated engine's unit bound (0 = none)
+    decode: bool = False  # decode on the simulated worker (colocated); False: prefill only
+    decode_batch: int = 64  # most sequences in one decode step
+    trace: bool = False  # keep the scheduler's decision log in the result
 
 
 # --------------------------------------------------------------------------- conversion
@@ -286,28 +366,49 @@ def _is_schema(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
+def choices(tp: Any) -> tuple | None:
+    """The allowed values of a `Literal[...]` field type (None: not a choice field)."""
+    return typing.get_args(tp) if typing.get_origin(tp) is Literal else None
+
+
+def _twin(value: Any) -> Any:
+    """`value` with every frozen schema instance in it replaced by its mutable twin."""
+    if not _is_schema(type(value)):
+        return value
+    return _schema(type(value))(**{f.name: _twin(getattr(value, f.name))
+                                   for f in dataclasses.fields(value)})
+
+
 @functools.cache
 def _schema(cls: type) -> type:
-    """A mutable twin of frozen dataclass `cls` for Hydra to compose onto."""
+    """A mutable twin of frozen dataclass `cls` for Hydra to compose onto (nested schemas too;
+    a `Literal` choice field is a plain `str` there and is checked by `from_hydra`)."""
     hints = typing.get_type_hints(cls)
     fields = []
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        tp = _schema(tp) if _is_schema(tp) else tp
+        nested = _is_schema(tp)
+        tp = _schema(tp) if nested else (str if choices(tp) else tp)
         if f.default is not dataclasses.MISSING:
-            spec = field(default=f.default)
+            default = f.default
+            spec = (field(default_factory=functools.partial(_twin, default)) if nested
+                    else field(default=default))
         elif f.default_factory is not dataclasses.MISSING:
-            spec = field(default_factory=f.default_factory)
+            factory = f.default_factory
+            spec = field(default_factory=(lambda fac=factory: _twin(fac())) if nested else factory)
         else:
             spec = field()
         fields.append((f.name, tp, spec))
     return dataclasses.make_dataclass(cls.__name__, fields)
 
 
-def from_hydra(cls: type, cfg: Any) -> Any:
-    """Build frozen dataclass `cls` from a composed (Dict)Config or a plain dict."""
+def from_hydra(cls: type, cfg: Any, key: str | None = None) -> Any:
+    """Build frozen dataclass `cls` from a composed (Dict)Config or a plain dict; a choice
+    field outside its choices or an unknown key is an error naming the key (`key` prefixes
+    it: the group, e.g. `engine`; by default the group `cls` is registered as)."""
     from omegaconf import DictConfig, OmegaConf
 
+    key = key or next((g for g, c in GROUPS.items() if c is cls), cls.__name__)
     data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -316,11 +417,33 @@ def from_hydra(cls: type, cfg: Any) -> Any:
             continue
         value = data[f.name]
         tp = hints[f.name]
-        kwargs[f.name] = from_hydra(tp, value) if _is_schema(tp) and value is not None else value
+        if _is_schema(tp) and value is not None:
+            value = from_hydra(tp, value, f"{key}.{f.name}")
+        elif (allowed := choices(tp)) is not None and value not in allowed:
+            raise ValueError(f"{key}.{f.name}: {value!r} is not one of "
+                             f"{' | '.join(map(str, allowed))}")
+        kwargs[f.name] = value
     unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
-        raise KeyError(f"{cls.__name__}: unknown config key(s) {sorted(unknown)}")
+        raise KeyError(f"{key}: unknown config key(s) {sorted(unknown)}")
     return cls(**kwargs)
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def load_option(group: str, name: str) -> dict[str, Any]:
+    """The values of option `name` of config group `group` (`conf/<group>/<name>.yaml`), for
+    code that picks an option without Hydra (the offline API, `auto` resolution)."""
+    from omegaconf import OmegaConf
+
+    path = CONF_DIR / group / f"{name}.yaml"
+    if not path.is_file():
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        raise ValueError(f"no {group} config {name!r}; options: {options}")
+    data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    data.pop("defaults", None)
+    return data
 
 
 GROUPS: dict[str, type] = {

@@ -12,12 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flowprefill.config import EngineConfig, ModelConfig, from_hydra
+from flowprefill.config import EngineConfig, ModelConfig, from_hydra, load_option
 from flowprefill.core import SLO, Job, Request
 from flowprefill.executor import ModelRunner, SamplingParams, make_generator, sample
 from flowprefill.model import load_tokenizer
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 Prompt = str | Sequence[int]
 
@@ -30,19 +28,7 @@ class RequestOutput:
     finish_reason: str  # "length" | "stop"
 
 
-def _group_config(group: str, name: str) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    path = CONF_DIR / group / f"{name}.yaml"
-    if not path.is_file():
-        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-        raise ValueError(f"no {group} config {name!r}; options: {options} (or an HF directory)")
-    data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    data.pop("defaults", None)
-    return data
-
-
-def resolve_configs(model: str, engine: str = "cpu", **overrides: Any
+def resolve_configs(model: str, engine: str = "auto", **overrides: Any
                     ) -> tuple[ModelConfig, EngineConfig]:
     """`model`: a conf/model name, an HF directory or a GGUF file (a path, or `pkg:...`, see
     ModelConfig.path); overrides go to whichever config has the key (model fields first); an
@@ -50,8 +36,8 @@ def resolve_configs(model: str, engine: str = "cpu", **overrides: Any
     if Path(model).is_dir() or model.endswith(".gguf"):
         model_cfg = ModelConfig(name=Path(model).name.removesuffix(".gguf"), path=str(model))
     else:
-        model_cfg = from_hydra(ModelConfig, _group_config("model", model))
-    engine_cfg = from_hydra(EngineConfig, _group_config("engine", engine))
+        model_cfg = from_hydra(ModelConfig, load_option("model", model))
+    engine_cfg = from_hydra(EngineConfig, load_option("engine", engine))
     m_keys = {f.name for f in dataclasses.fields(ModelConfig)}
     e_keys = {f.name for f in dataclasses.fields(EngineConfig)}
     unknown = set(overrides) - m_keys - e_keys
@@ -68,7 +54,7 @@ class LLM:
     """`LLM(model="tiny")`, `LLM(model="smollm2_135m")`, `LLM(model="/path/to/hf_dir")`,
     `LLM(model="/path/to/model.gguf")`, `LLM(model="tiny", num_layers=2)`."""
 
-    def __init__(self, model: str = "tiny", engine: str = "cpu", **overrides: Any) -> None:
+    def __init__(self, model: str = "tiny", engine: str = "auto", **overrides: Any) -> None:
         model_cfg, engine_cfg = resolve_configs(model, engine, **overrides)
         self.runner = ModelRunner(model_cfg, engine_cfg)
         self.model_config = self.runner.model_cfg
@@ -105,7 +91,8 @@ class LLM:
         out: list[list[int]] = [[] for _ in reqs]
         try:
             for batch in self._batches(reqs):
-                job = self.runner.prefill_job(Job(self._next_id, tuple(reqs[i] for i in batch)))
+                job = self.runner.prefill_job(Job.unsliced(
+                    self._next_id, tuple(reqs[i] for i in batch), self.model_config.num_layers))
                 firsts = sample(job.run(), [params[i] for i in batch], [gens[i] for i in batch])
                 for i, tok in zip(batch, firsts, strict=True):
                     out[i].append(tok)

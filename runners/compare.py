@@ -128,8 +128,17 @@ class Comparison:
         if cap is None or cap + cfg.max_output > context:
             raise ValueError(f"workload.max_prompt_len ({cap}) + max_output ({cfg.max_output}) "
                              f"must fit the model's context of {context} tokens")
+        # engine `auto` values (dtype: bf16 on CPUs with native bf16) resolved once, so both
+        # engines run the same dtype
+        from flowprefill.config import EngineConfig
+        from flowprefill.executor.device import resolve
+
+        self.engine = resolve(from_hydra(EngineConfig, cfg.engine))
+        if self.engine.device != "cpu":
+            raise ValueError(f"engine.device={self.engine.device}: the peers are vLLM's CPU "
+                             "build; compare on the CPU (engine=cpu)")
         self.shared = Shared(model_dir=self.model_dir, served_name=self.model.served_name,
-                             dtype=cfg.engine.dtype, max_model_len=context,
+                             dtype=self.engine.dtype, max_model_len=context,
                              kv_cache_gib=int(cfg.kv_cache_gib), threads=cfg.threads,
                              seed=self.workload.seed)
         pinned = cfg.get("isolated_ttft")
@@ -155,10 +164,10 @@ class Comparison:
         if name != FLOWPREFILL:
             return PeerServer(self.peers[name], self.shared, _free_port(), log)
         c = self.cfg
-        blocks = kv_blocks(self.hf, c.kv_cache_gib, c.engine.block_size, c.engine.dtype)
+        blocks = kv_blocks(self.hf, c.kv_cache_gib, self.engine.block_size, self.engine.dtype)
         over = OmegaConf.merge(c, {"model": {"path": str(self.model_dir),
                                              "served_model": self.shared.served_name},
-                                   "engine": {"num_kv_blocks": blocks,
+                                   "engine": {"num_kv_blocks": blocks, "dtype": self.engine.dtype,
                                               "threads": c.threads or 0}})
         return Server(serve_config_args(over, log.parent), log, c.startup_timeout)
 

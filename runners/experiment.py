@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from flowprefill.config import register_configs
 from flowprefill.metrics import max_goodput
+from flowprefill.predictor import ORACLE
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import run as run_benchmark  # noqa: E402
@@ -89,7 +90,7 @@ def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.predictor.kind == "oracle":
+    if cfg.predictor.kind == ORACLE:
         raise ValueError("predictor=oracle plans with the simulator's truth cost model; it "
                          "exists only in runners/simulate.py (the real engine is the truth)")
     server = Server(serve_config_args(cfg, run_dir), run_dir / "server.log",

@@ -202,15 +202,10 @@ def replay_fidelity(cfg: DictConfig, run_dir: Path) -> dict:
 def correction_under_load(cfg: DictConfig) -> dict:
     import torch
 
-    from flowprefill.core import SLO, Job, Request
+    from flowprefill.core import SLO, Job, Request, op_kind
     from flowprefill.core.clock import WallClock
     from flowprefill.executor import ModelRunner
-    from flowprefill.predictor import (
-        CorrectedPredictor,
-        OnlineCorrection,
-        make_predictor,
-        op_kind,
-    )
+    from flowprefill.predictor import CorrectedPredictor, OnlineCorrection, make_predictor
 
     runner = ModelRunner(from_hydra(ModelConfig, cfg.model), from_hydra(EngineConfig, cfg.engine))
     base = make_predictor(PredictorConfig(kind="fitted", path=cfg.predictor.path),
@@ -237,11 +232,12 @@ def correction_under_load(cfg: DictConfig) -> dict:
                     counter += 1
                     ids = torch.randint(0, 1000, (n,), generator=gen).tolist()
                     req = Request(f"c{counter}", 0.0, n, SLO(1.0), prompt_token_ids=tuple(ids))
-                    pj = runner.prefill_job(Job(counter, (req,)), granularity="operator")
-                    plain, corrected = base.request_cost(n), corr.request_cost(n)
+                    pj = runner.prefill_job(Job.unsliced(counter, (req,), base.num_layers))
+                    plan = pj.plan
+                    plain, corrected = base.isolated_ttft(n), corr.isolated_ttft(n)
                     t_start = clock.now()
-                    while not pj.done:
-                        kind = op_kind(pj.job.ops_done, base.num_layers)
+                    while not pj.finished:
+                        kind = op_kind(plan.passes[0].unit(pj.done)[0], base.num_layers).value
                         t0 = clock.now()
                         pj.step()
                         corr.observe(kind, ((n, 0),), 1, clock.now() - t0)

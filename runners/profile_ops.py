@@ -42,9 +42,8 @@ from flowprefill.config import (  # noqa: E402
     from_hydra,
     register_configs,
 )
-from flowprefill.core import SLO, Job, Request  # noqa: E402
+from flowprefill.core import OP_KINDS, SLO, ForwardPlan, Job, JobPlan, Request, op_kind  # noqa: E402
 from flowprefill.executor import ModelRunner  # noqa: E402
-from flowprefill.model.decoder import OpKind  # noqa: E402
 from flowprefill.predictor.profile_data import (  # noqa: E402
     IDENTITY,
     Point,
@@ -57,10 +56,6 @@ from flowprefill.predictor.profile_data import (  # noqa: E402
     profile_file,
     read_rows,
 )
-
-KIND = {OpKind.EMBED: "embed", OpKind.ATTENTION: "attention", OpKind.MLP: "mlp",
-        OpKind.HEAD: "final"}
-
 
 CLOCKS = {"wall": time.perf_counter, "thread_cpu": time.thread_time}
 
@@ -93,33 +88,33 @@ class Profiler:
         return tuple(torch.randint(0, self.runner.model_cfg.vocab_size, (n,),
                                    generator=self.gen).tolist())
 
-    def _job(self, lens: list[int], chunk: int | None) -> Job:
+    def _job(self, point: Point) -> Job:
+        """A job of one forward over the point's shape, operators whole. A chunk point is
+        one request of `prefix + n` tokens whose plan is only its last chunk: its cost depends
+        on the prefix's length, not on the values in its KV slots, so earlier chunks need not
+        run."""
+        chunked = point.case == "chunk"
+        lens = [n + c for n, c in point.shape] if chunked else [n for n, _ in point.shape]
         reqs = []
         for n in lens:
             self._n += 1
             reqs.append(Request(f"p{self._n}", 0.0, n, SLO(1.0), prompt_token_ids=self._ids(n)))
-        return Job(self._n, tuple(reqs), chunk_size=chunk)
+        plan = JobPlan((ForwardPlan.whole(point.shape, point.logits,
+                                          self.runner.model_cfg.num_layers),))
+        return Job(self._n, tuple(reqs), plan, point.shape[0][0] if chunked else None)
 
     def prefill_once(self, point: Point) -> tuple[dict[str, float], float]:
         """One timed forward: (op kind -> mean seconds per operator of it, total seconds)."""
-        chunked = point.case == "chunk"
-        (n, prefix), = point.shape if chunked else ((0, 0),)
-        lens = [n + prefix] if chunked else [s for s, _ in point.shape]
-        job = self._job(lens, n if chunked else None)
-        pj = self.runner.prefill_job(job, granularity="operator", max_op_tokens=0)
-        if chunked:
-            # Jump to the chunk at `prefix`: its cost depends on the prefix's length only, not
-            # on the values in its KV slots, so the earlier chunks need not run.
-            pj._pass = len(pj._passes) - 1
-            job.tokens_done = prefix
-        sums: dict[str, float] = dict.fromkeys(KIND.values(), 0.0)
-        counts: dict[str, int] = dict.fromkeys(KIND.values(), 0)
+        job = self._job(point)
+        pj = self.runner.prefill_job(job)
+        sums: dict[str, float] = dict.fromkeys(OP_KINDS, 0.0)
+        counts: dict[str, int] = dict.fromkeys(OP_KINDS, 0)
         model = self.runner.model
         try:
             self._sync()
             start = self.now()
-            while not pj.done:
-                kind = KIND[model.op_kind(pj.cursor[1])[0]]
+            while not pj.finished:
+                kind = op_kind(pj.plan.passes[0].unit(pj.done)[0], model.num_layers).value
                 t0 = self.now()
                 pj.step()
                 self._sync()

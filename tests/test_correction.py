@@ -14,11 +14,12 @@ from flowprefill.config import (
     PolicyConfig,
     PredictorConfig,
 )
-from flowprefill.core import SLO, Job, Request, SamplingParams
+from flowprefill.core import SLO, JobPlan, Request, SamplingParams
 from flowprefill.engine.build import build_local_engine
 from flowprefill.predictor import CorrectedPredictor, OnlineCorrection, make_predictor
 from flowprefill.predictor.correction import size_bucket
-from tests.test_scheduler_helpers import UnitPredictor, req
+from tests.cpu_fp32 import CPU_FP32
+from tests.test_scheduler_helpers import UnitPredictor
 
 
 def test_converges_to_a_known_ratio_per_kind_and_bucket():
@@ -39,27 +40,29 @@ def test_converges_to_a_known_ratio_per_kind_and_bucket():
     assert size_bucket(1024) == size_bucket(2047) != size_bucket(2048)
 
 
-def test_corrected_predictor_scales_remaining_and_refreshes_chunk_sums():
+def test_corrected_predictor_scales_remaining_and_refreshes_memoized_costs():
     base = UnitPredictor()
     pred = CorrectedPredictor(base, OnlineCorrection(alpha=1.0))
-    whole = Job(0, (req("a", 0, 1000, 1.0),))
-    chunked = Job(1, (req("c", 0, 1000, 1.0),), chunk_size=300)
-    before = (pred.remaining(whole), pred.remaining(chunked))
-    assert before == pytest.approx((base.remaining(whole), base.remaining(chunked)))
+    whole = JobPlan.unsliced((1000,), 2)
+    chunked = JobPlan.unsliced((1000,), 2, chunk_size=300)
+    before = (pred.remaining(whole, 0), pred.remaining(chunked, 0))
+    assert before == pytest.approx((base.remaining(whole, 0), base.remaining(chunked, 0)))
     for kind in ("embed", "attention", "mlp", "final"):
         for shape in (((1000, 0),), ((300, 0),), ((100, 900),)):
             pred.observe(kind, shape, 1, 2 * getattr(base.forward(shape, 1), kind))
-    assert pred.remaining(whole) == pytest.approx(2 * before[0])
-    assert pred.remaining(chunked) == pytest.approx(2 * before[1])
+    assert pred.remaining(whole, 0) == pytest.approx(2 * before[0])
+    assert pred.remaining(chunked, 0) == pytest.approx(2 * before[1])
 
 
-def test_engine_feeds_one_observation_per_operator():
+def test_engine_feeds_one_observation_per_unit():
     model = ModelConfig(num_layers=1, max_position=512)
-    eng = build_local_engine(model, EngineConfig(num_kv_blocks=64), PolicyConfig(),
-                             PredictorConfig(correction=0.3), HardwareConfig()).start()
+    eng = build_local_engine(model, EngineConfig(**CPU_FP32, num_kv_blocks=64, max_unit_ms=0),
+                             PolicyConfig(), PredictorConfig(correction=0.3),
+                             HardwareConfig()).start()
     try:
-        corrected = eng.prefill.corrected
-        assert corrected is not None and eng.scheduler.predictor is corrected
+        corrected = eng.scheduler.predictor
+        assert isinstance(corrected, CorrectedPredictor)
+        assert eng.loop.units.observer is corrected
 
         async def go(rid: str, n: int) -> None:
             r = Request(rid, eng.now(), n, SLO(ttft=5.0), 1, tuple(range(100, 100 + n)))
@@ -100,3 +103,10 @@ def test_calibrate_sets_per_size_factors_from_whole_forwards():
     assert corrected.isolated_ttft(128) == pytest.approx(1.6 * base.isolated_ttft(128))
     with pytest.raises(ValueError, match="at least one"):
         OnlineCorrection().calibrate([])
+
+
+def test_engine_without_correction_has_no_observer():
+    eng = build_local_engine(ModelConfig(num_layers=1, max_position=512),
+                             EngineConfig(**CPU_FP32, num_kv_blocks=16), PolicyConfig(),
+                             PredictorConfig(), HardwareConfig())
+    assert eng.loop.units.observer is None

@@ -15,13 +15,14 @@ from flowprefill.config import (
 )
 from flowprefill.core import SLO, Request, SamplingParams
 from flowprefill.engine.build import build_local_engine
+from tests.cpu_fp32 import CPU_FP32
 
 
 @pytest.fixture(scope="module")
 def engine():
     eng = build_local_engine(ModelConfig(num_layers=1, max_position=512),
-                             EngineConfig(num_kv_blocks=64), PolicyConfig(), PredictorConfig(),
-                             HardwareConfig()).start()
+                             EngineConfig(**CPU_FP32, num_kv_blocks=64), PolicyConfig(),
+                             PredictorConfig(), HardwareConfig()).start()
     yield eng
     eng.shutdown()
 

@@ -8,13 +8,23 @@ import pytest
 import torch
 
 from flowprefill.config import EngineConfig, ModelConfig
-from flowprefill.core import SLO, Granularity, Job, Request, ops_per_forward
+from flowprefill.core import (
+    SLO,
+    ForwardPlan,
+    Granularity,
+    Job,
+    JobPlan,
+    Request,
+    even_bounds,
+    ops_per_forward,
+)
 from flowprefill.executor import ModelRunner
+from tests.cpu_fp32 import CPU_FP32
 
 CFG = ModelConfig(name="t", vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2,
                   num_heads=4, num_kv_heads=2, max_position=4096, tie_word_embeddings=False,
                   eos_token_id=None, seed=3)
-ENG = EngineConfig(num_kv_blocks=256)
+ENG = EngineConfig(**CPU_FP32, num_kv_blocks=256)
 NUM_OPS = ops_per_forward(CFG.num_layers)
 
 
@@ -33,10 +43,18 @@ def prompts(lengths, seed=0) -> list[list[int]]:
     return [torch.randint(0, CFG.vocab_size, (n,), generator=g).tolist() for n in lengths]
 
 
-def make_job(job_id: int, ps: list[list[int]], chunk_size: int | None = None, tag: str = "") -> Job:
+def make_job(job_id: int, ps: list[list[int]], chunk_size: int | None = None, tag: str = "",
+             slices: int = 1) -> Job:
+    """A job over prompts `ps`: chunked, or one pass whose attention and MLP operators are
+    `slices` even token slices each."""
     reqs = tuple(Request(f"{tag}j{job_id}r{i}", 0.0, len(p), SLO(1.0), prompt_token_ids=tuple(p))
                  for i, p in enumerate(ps))
-    return Job(job_id, reqs, chunk_size=chunk_size)
+    plan = JobPlan.unsliced([len(p) for p in ps], CFG.num_layers, chunk_size)
+    if slices > 1:
+        shape = tuple((len(p), 0) for p in ps)
+        rows = even_bounds(sum(len(p) for p in ps), slices)
+        plan = JobPlan((ForwardPlan(shape, len(ps), CFG.num_layers, rows, rows),))
+    return Job(job_id, reqs, plan, chunk_size if len(plan.passes) > 1 else None)
 
 
 def kv_of(rn: ModelRunner, seq_id: str) -> list[torch.Tensor]:
@@ -50,11 +68,11 @@ def test_op_by_op_equals_monolithic_bit_for_bit(model):
     ref = mono.run_monolithic()
     job = rn.prefill_job(make_job(1, ps))
     steps = 0
-    while not job.done:
-        assert job.job.ops_done == steps
+    while not job.finished:
+        assert job.done == steps
         job.step()
         steps += 1
-    assert steps == NUM_OPS and job.job.ops_done == NUM_OPS and job.job.started
+    assert steps == NUM_OPS and job.done == NUM_OPS
     assert torch.equal(job.logits, ref)
     for a, b in zip(mono.seq_ids, job.seq_ids, strict=True):
         for ka, kb in zip(kv_of(rn, a), kv_of(rn, b), strict=True):
@@ -62,25 +80,25 @@ def test_op_by_op_equals_monolithic_bit_for_bit(model):
 
 
 def test_interleaved_jobs_match_running_alone(model):
-    specs = [  # (prompts, chunk_size, max_op_tokens)
-        (prompts([60], seed=1), None, 0),
-        (prompts([17, 33], seed=2), None, 16),
-        (prompts([90], seed=3), 32, 0),
+    specs = [  # (prompts, chunk_size, token slices per operator)
+        (prompts([60], seed=1), None, 1),
+        (prompts([17, 33], seed=2), None, 4),
+        (prompts([90], seed=3), 32, 1),
     ]
     alone = runner(model)
     ref = []
-    for i, (ps, chunk, mot) in enumerate(specs):
-        j = alone.prefill_job(make_job(i, ps, chunk), max_op_tokens=mot)
+    for i, (ps, chunk, n) in enumerate(specs):
+        j = alone.prefill_job(make_job(i, ps, chunk, slices=n))
         ref.append((j.run().clone(), [kv_of(alone, s) for s in j.seq_ids]))
     rn = runner(model)
     rng = random.Random(1234)
-    jobs = [rn.prefill_job(make_job(i, ps, chunk, tag="x"), max_op_tokens=mot)
-            for i, (ps, chunk, mot) in enumerate(specs)]
+    jobs = [rn.prefill_job(make_job(i, ps, chunk, tag="x", slices=n))
+            for i, (ps, chunk, n) in enumerate(specs)]
     switches = 0
-    while not all(j.done for j in jobs):
-        j = rng.choice([j for j in jobs if not j.done])
+    while not all(j.finished for j in jobs):
+        j = rng.choice([j for j in jobs if not j.finished])
         for _ in range(rng.randint(1, 4)):
-            if not j.done:
+            if not j.finished:
                 j.step()
         switches += 1
     assert switches > 10
@@ -97,33 +115,30 @@ def test_chunked_prefill_matches_full(model, chunk_size):
     full = rn.prefill_job(make_job(0, [p]))
     ref = full.run()
     job = rn.prefill_job(make_job(1, [p], chunk_size=chunk_size))
-    assert job.granularity is Granularity.CHUNK
     n_chunks, boundaries = -(-150 // chunk_size), 0
-    while not job.done:
-        job.run_until_preemption_point()  # one whole chunk per call at CHUNK granularity
-        boundaries += 1
-        assert job.job.tokens_done == min(boundaries * chunk_size, 150)
-        assert job.job.ops_done == 0
-    assert boundaries == n_chunks
+    while not job.finished:
+        job.step()
+        if job.plan.is_point(job.done, Granularity.CHUNK):  # only at a chunk's end
+            boundaries += 1
+            assert job.plan.tokens_done(job.done) == min(boundaries * chunk_size, 150)
+    assert boundaries == n_chunks == len(job.plan.passes)
     torch.testing.assert_close(job.logits, ref, atol=1e-5, rtol=1e-5)
     for a, b in zip(kv_of(rn, full.seq_ids[0]), kv_of(rn, job.seq_ids[0]), strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("max_op_tokens", [7, 32, 100])
-def test_sliced_operators_match_unsliced(model, max_op_tokens):
+@pytest.mark.parametrize("slices", [2, 3, 10])
+def test_sliced_operators_match_unsliced(model, slices):
     rn = runner(model)
-    ps = prompts([40, 21, 9], seed=5)
+    ps = prompts([40, 21, 9], seed=5)  # slices cross sequence boundaries
     ref_job = rn.prefill_job(make_job(0, ps))
     ref = ref_job.run()
-    job = rn.prefill_job(make_job(1, ps), max_op_tokens=max_op_tokens)
+    job = rn.prefill_job(make_job(1, ps, slices=slices))
     units = 0
-    while not job.done:
+    while not job.finished:
         job.step()
         units += 1
-    slices = -(-70 // max_op_tokens)
-    assert units == (NUM_OPS - 1) * slices + 1  # every op but the head is sliced
-    assert job.job.ops_done == NUM_OPS
+    assert units == 2 + 2 * CFG.num_layers * slices  # attention and MLP sliced
     torch.testing.assert_close(job.logits, ref, atol=1e-5, rtol=1e-5)
     for a, b in zip(ref_job.seq_ids, job.seq_ids, strict=True):
         for ka, kb in zip(kv_of(rn, a), kv_of(rn, b), strict=True):
@@ -132,15 +147,19 @@ def test_sliced_operators_match_unsliced(model, max_op_tokens):
 
 @pytest.mark.parametrize(("granularity", "units_per_call"), [
     ("operator", [1] * NUM_OPS),
-    ("layer", [3] + [2] * (CFG.num_layers - 1) + [1]),
+    ("layer", [3] + [2] * (CFG.num_layers - 1) + [1]),  # after each layer, then final alone
     ("none", [NUM_OPS]),
 ])
 def test_granularity_sets_preemption_points(model, granularity, units_per_call):
     rn = runner(model)
-    job = rn.prefill_job(make_job(0, prompts([20])), granularity=granularity)
-    calls = []
-    while not job.done:
-        calls.append(job.run_until_preemption_point())
+    job = rn.prefill_job(make_job(0, prompts([20])))
+    calls, n = [], 0
+    while not job.finished:
+        job.step()
+        n += 1
+        if job.plan.is_point(job.done, Granularity(granularity)):
+            calls.append(n)
+            n = 0
     assert calls == units_per_call
 
 
@@ -152,7 +171,7 @@ def test_abort_frees_all_blocks(model):
     for _ in range(3):
         job.step()
     job.abort()
-    assert job.done and job.aborted and rn.blocks.num_free == free0
+    assert job.aborted and rn.blocks.num_free == free0
     assert not rn.blocks.has(job.seq_ids[0])
     with pytest.raises(RuntimeError):
         job.step()
@@ -162,9 +181,10 @@ def test_job_from_core_job_uses_request_tokens_and_checks_lengths(model):
     rn = runner(model)
     (p,) = prompts([12])
     req = Request("a", 0.0, 12, SLO(1.0), prompt_token_ids=tuple(p))
-    assert rn.prefill_job(Job(0, (req,))).token_ids == [p]
+    plan12, plan5 = (JobPlan.unsliced((n,), CFG.num_layers) for n in (12, 5))
+    assert rn.prefill_job(Job(0, (req,), plan12)).token_ids == [p]
     with pytest.raises(ValueError):
-        rn.prefill_job(Job(1, (Request("b", 0.0, 5, SLO(1.0)),)), [p])
+        rn.prefill_job(Job(1, (Request("b", 0.0, 5, SLO(1.0)),), plan5), [p])
 
 
 def test_decode_over_paged_kv_matches_recompute(model):

@@ -21,11 +21,13 @@ from flowprefill.config import (
     ModelConfig,
     PolicyConfig,
     PredictorConfig,
+    RopeScaling,
 )
 from flowprefill.core import SLO, Job, Request
 from flowprefill.model.dequant import dequantize
 from flowprefill.model.gguf import config_from_gguf, export_hf_dir, hf_tensors
 from flowprefill.model.tokenizer import load_tokenizer
+from tests.cpu_fp32 import CPU_FP32
 from tests.gguf_files import CHAT_TEMPLATE, vocabulary, write_gguf
 from tests.test_model_hf import save_tiny_hf
 
@@ -98,7 +100,7 @@ def hf_gguf_model(path):
 def last_logits(llm: LLM, prompts: list[list[int]]) -> torch.Tensor:
     reqs = tuple(Request(f"r{i}", 0.0, len(p), SLO(1.0), prompt_token_ids=tuple(p))
                  for i, p in enumerate(prompts))
-    out = llm.runner.prefill_job(Job(0, reqs)).run()  # [n, V]
+    out = llm.runner.prefill_job(Job.unsliced(0, reqs, llm.model_config.num_layers)).run()  # [n, V]
     for r in reqs:
         llm.runner.free(r.request_id)
     return out
@@ -119,6 +121,8 @@ def test_config_from_gguf_reads_the_architecture(tiny):
     assert cfg.tie_word_embeddings == hf.tie_word_embeddings
     assert cfg.eos_token_id == load_tokenizer(cfg).eos_token_id == IM_END
     assert config_from_gguf(gguf_file(tiny)).name == f"{arch}-F32"  # no base: the file stem
+    scaled = ModelConfig(rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 8192))
+    assert config_from_gguf(gguf_file(tiny), scaled).rope_scaling == RopeScaling()  # the file's
 
 
 # every type on llama; qwen2 (biases, no Q/K permutation) on three of them
@@ -138,7 +142,7 @@ def test_weights_and_logits_equal_transformers_gguf_loading(tiny_models, arch, q
     assert ours.keys() == state.keys()
     for name, t in ours.items():  # same dequantization, same Q/K row order
         assert torch.equal(t, state[name]), name
-    llm = LLM(model=str(path), num_kv_blocks=64)
+    llm = LLM(model=str(path), num_kv_blocks=64, **CPU_FP32)
     logits = last_logits(llm, PROMPTS)
     with torch.no_grad():
         for i, p in enumerate(PROMPTS):
@@ -187,8 +191,8 @@ def test_export_hf_dir_loads_in_transformers_and_ours(tiny, tmp_path):
                                               "generation_config.json"}
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
-    from_gguf, from_dir = LLM(model=str(path), num_kv_blocks=64), LLM(model=str(out),
-                                                                     num_kv_blocks=64)
+    from_gguf = LLM(model=str(path), num_kv_blocks=64, **CPU_FP32)
+    from_dir = LLM(model=str(out), num_kv_blocks=64, **CPU_FP32)
     a, b = last_logits(from_gguf, PROMPTS), last_logits(from_dir, PROMPTS)
     assert torch.equal(a, b)  # the same float32 weights, read from two formats
     with torch.no_grad():
@@ -234,7 +238,7 @@ def test_engine_answers_to_the_served_name(tiny):
     path = gguf_file(tiny)
     for model, name in ((ModelConfig(path=str(path)), path.stem),
                         (ModelConfig(path=str(path), served_model="mine"), "mine")):
-        eng = build_local_engine(model, EngineConfig(num_kv_blocks=16), PolicyConfig(),
+        eng = build_local_engine(model, EngineConfig(**CPU_FP32, num_kv_blocks=16), PolicyConfig(),
                                  PredictorConfig(), HardwareConfig())
         assert eng.model_name == name
 

@@ -9,6 +9,7 @@ from flowprefill.config import EngineConfig, ModelConfig
 from flowprefill.core import SLO, Job, Request
 from flowprefill.executor import ModelRunner
 from flowprefill.kvcache import BlockManager, KVPool, OutOfBlocksError, slot_ids
+from tests.cpu_fp32 import CPU_FP32
 
 
 def test_allocate_append_free():
@@ -53,11 +54,11 @@ def test_exhaustion_raises_and_allocates_nothing():
 def test_runner_prefill_job_exhaustion_holds_nothing():
     cfg = ModelConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=1,
                       num_heads=2, num_kv_heads=1, max_position=256)
-    rn = ModelRunner(cfg, EngineConfig(num_kv_blocks=4))
+    rn = ModelRunner(cfg, EngineConfig(**CPU_FP32, num_kv_blocks=4))
     reqs = tuple(Request(f"r{i}", 0.0, 40, SLO(1.0), prompt_token_ids=(1,) * 40)
                  for i in range(2))
     with pytest.raises(OutOfBlocksError):
-        rn.prefill_job(Job(0, reqs))  # 3 + 3 blocks > 4
+        rn.prefill_job(Job.unsliced(0, reqs, cfg.num_layers))  # 3 + 3 blocks > 4
     assert rn.blocks.num_free == 4 and not rn.blocks.has("r0")
 
 

@@ -10,6 +10,7 @@ from flowprefill.core import SLO, Job, Request
 from flowprefill.executor import ModelRunner, Piece, build_prefill_batch
 from flowprefill.model import config_from_hf
 from flowprefill.model.loading import hf_weights
+from tests.cpu_fp32 import CPU_FP32
 
 transformers = pytest.importorskip("transformers")
 
@@ -41,7 +42,7 @@ def save_tiny_hf(arch: str, path, vocab: int = 320, **kw):
 def hf(request, tmp_path_factory):
     path = tmp_path_factory.mktemp(request.param)
     model = save_tiny_hf(request.param, path)
-    runner = ModelRunner(ModelConfig(path=str(path)), EngineConfig(num_kv_blocks=64))
+    runner = ModelRunner(ModelConfig(path=str(path)), EngineConfig(**CPU_FP32, num_kv_blocks=64))
     return model, runner
 
 
@@ -88,7 +89,7 @@ def test_packed_batch_last_logits_match_transformers(hf, lengths):
     prompts = _prompts(lengths, seed=len(lengths))
     reqs = tuple(Request(f"r{i}", 0.0, len(p), SLO(1.0), prompt_token_ids=tuple(p))
                  for i, p in enumerate(prompts))
-    job = runner.prefill_job(Job(1, reqs))
+    job = runner.prefill_job(Job.unsliced(1, tuple(reqs), runner.model_cfg.num_layers))
     logits = job.run()
     for r in reqs:
         runner.free(r.request_id)

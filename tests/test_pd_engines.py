@@ -18,9 +18,10 @@ from flowprefill.core import SLO, Request
 from flowprefill.engine.api import SamplingParams
 from flowprefill.engine.build import build_local_engine
 from flowprefill.engine.disagg import PREFILLED, DecodeOnlyEngine, PrefillOnlyEngine
+from tests.cpu_fp32 import CPU_FP32
 
 MODEL = ModelConfig(num_layers=2)
-ENGINE = EngineConfig(num_kv_blocks=64)
+ENGINE = EngineConfig(**CPU_FP32, num_kv_blocks=64)
 PROMPT = tuple(range(300, 340))
 GREEDY = SamplingParams(max_tokens=6, temperature=0.0)
 
@@ -63,9 +64,8 @@ def test_decode_only_recompute_continues_like_colocated(expected):
 
     async def go() -> list[int]:
         r = request("d1")
-        eng.reserve("d1", r.prompt_len)
-        eng.recompute(r)  # the fallback when a pull fails
-        stream = eng.resume(r, GREEDY, expected[0])
+        eng.reserve("d1", r.prompt_len)  # the pull failed: prefill it here again
+        stream = eng.resume(r, GREEDY, expected[0], recompute=True)
         return [o.token_id async for o in eng.outputs(stream)]
 
     try:

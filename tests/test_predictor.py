@@ -7,7 +7,7 @@ import json
 import pytest
 
 from flowprefill.config import HardwareConfig, ModelConfig, PredictorConfig
-from flowprefill.core import Job, ops_per_forward
+from flowprefill.core import ForwardPlan, Granularity, JobPlan, ops_per_forward
 from flowprefill.predictor import (
     FittedPredictor,
     RooflinePredictor,
@@ -15,7 +15,8 @@ from flowprefill.predictor import (
     op_kind,
     save_artifact,
 )
-from tests.test_scheduler_helpers import UnitPredictor, req
+from flowprefill.predictor.plan import MIN_SLICE_ROWS, Planner
+from tests.test_scheduler_helpers import UnitPredictor
 
 LLAMA3_8B = ModelConfig(name="llama3_8b", arch="llama", vocab_size=128256, hidden_size=4096,
                         intermediate_size=14336, num_layers=32, num_heads=32, num_kv_heads=8)
@@ -28,33 +29,70 @@ def roof():
     return RooflinePredictor(LLAMA3_8B, A800)
 
 
-def test_forward_cost_prefix_and_boundaries():
+def test_unit_costs_prefix_and_boundaries():
     p = UnitPredictor()
-    f = p.forward(((1000, 0),))
-    assert f.num_ops == ops_per_forward(2) == 6
+    plan = JobPlan.unsliced((1000,), 2).passes[0]
+    u = p.units(plan)
+    assert u.num_units == plan.num_units == ops_per_forward(2) == 6
     assert [op_kind(k, 2) for k in range(6)] == ["embed", "attention", "mlp", "attention",
                                                  "mlp", "final"]
-    assert f.op_costs() == pytest.approx([0.001, 0.1, 0.1, 0.1, 0.1, 0.001])
-    assert [f.prefix(k) for k in range(7)] == pytest.approx(
+    assert [u.unit(k) for k in range(6)] == pytest.approx([0.001, 0.1, 0.1, 0.1, 0.1, 0.001])
+    assert [u.prefix(k) for k in range(7)] == pytest.approx(
         [0, 0.001, 0.101, 0.201, 0.301, 0.401, 0.402])
-    assert f.ops_after(0, 0.05) == 2  # inside op 1 -> boundary after it
-    assert f.ops_after(0, 0.101) == 2  # exactly on a boundary
-    assert f.ops_after(2, 0.05) == 3
-    assert f.ops_after(0, 99.0) == 6
+    assert u.units_after(0, 0.05) == 2  # inside unit 1 -> the boundary after it
+    assert u.units_after(0, 0.101) == 2  # exactly on a boundary
+    assert u.units_after(2, 0.05) == 3
+    assert u.units_after(0, 99.0) == 6
+    assert u.longest == pytest.approx(0.1)
+
+
+def test_sliced_units_price_each_slice_as_its_own_shape():
+    p = UnitPredictor()
+    f = ForwardPlan(((1000, 0),), 1, 2, attn=(0, 250, 500, 750, 1000), mlp=(0, 500, 1000))
+    u = p.units(f)
+    assert f.num_units == 2 + 2 * (4 + 2) and u.num_units == f.num_units
+    assert u.attn == pytest.approx((0.025,) * 4) and u.mlp == pytest.approx((0.05,) * 2)
+    assert u.total == pytest.approx(p.forward(((1000, 0),)).total)  # linear: slicing is free
+    assert [f.unit(k) for k in (1, 4, 5, 6, 7)] == [(1, 0, 250), (1, 750, 1000), (2, 0, 500),
+                                                    (2, 500, 1000), (3, 0, 250)]
+    for t in (0.0005, 0.03, 0.2, 0.37):  # the first boundary at or after t
+        k = u.units_after(0, t)
+        assert u.prefix(k) >= t - 1e-12 and (k == 0 or u.prefix(k - 1) < t)
 
 
 def test_remaining_whole_and_chunked():
     p = UnitPredictor()
-    job = Job(0, (req("a", 0, 1000, 1.0), req("b", 0, 500, 1.0)))
+    plan = JobPlan.unsliced((1000, 500), 2)
     whole = p.forward(((1000, 0), (500, 0))).total
-    assert p.remaining(job) == pytest.approx(whole)
-    job.ops_done = 3
-    assert p.remaining(job) == pytest.approx(whole - 0.001 - 4 * 0.15 / 2)
-    chunked = Job(1, (req("c", 0, 1000, 1.0),), chunk_size=300)  # chunks 300, 300, 300, 100
-    assert p.remaining(chunked) == pytest.approx(p.request_cost(1000, 300))
-    assert p.request_cost(1000, 300) == pytest.approx(4 * 0.002 + 4 * 1000 * 1e-4)
-    chunked.tokens_done, chunked.ops_done = 600, 1
-    assert p.remaining(chunked) == pytest.approx((0.002 + 0.12 - 0.001) + (0.002 + 0.04))
+    assert p.remaining(plan, 0) == pytest.approx(whole)
+    assert p.remaining(plan, 3) == pytest.approx(whole - 0.001 - 4 * 0.15 / 2)
+    chunked = JobPlan.unsliced((1000,), 2, chunk_size=300)  # chunks 300, 300, 300, 100
+    assert len(chunked.passes) == 4 and chunked.passes[3].shape == ((100, 900),)
+    assert p.total(chunked) == pytest.approx(4 * 0.002 + 4 * 1000 * 1e-4)
+    done = chunked.starts[2] + 1  # two chunks done, and embed of the third
+    assert p.remaining(chunked, done) == pytest.approx((0.002 + 0.12 - 0.001) + (0.002 + 0.04))
+    assert chunked.tokens_done(done) == 600
+
+
+def test_planner_slices_operators_over_the_bound():
+    p = UnitPredictor()
+    plans = Planner(p, Granularity.OPERATOR, 512, max_unit_s=0.03)
+    f = plans.plan((1000,)).passes[0]
+    assert len(f.attn) - 1 == 4 and len(f.mlp) - 1 == 4  # 0.1 s each -> 4 x 0.025 s
+    assert p.units(f).longest <= 0.03
+    assert Planner(p, Granularity.LAYER, 512, 0.03).plan((1000,)).passes[0].attn == (0, 1000)
+    assert plans.plan((100,)).passes[0].attn == (0, 100)  # 0.01 s: within the bound
+    # never below MIN_SLICE_ROWS rows per slice
+    tiny = Planner(p, Granularity.OPERATOR, 512, max_unit_s=1e-6).plan((64,)).passes[0]
+    assert len(tiny.attn) - 1 == 64 // MIN_SLICE_ROWS
+
+
+def test_roofline_attention_slices_cover_the_causal_pairs(roof):
+    """Slices of a causal attention attend to every earlier row: their sum is the whole."""
+    n = 8192
+    slices = [roof.op_cost("attention", ((n // 4, i * n // 4),), 1) for i in range(4)]
+    assert slices == sorted(slices)  # later rows see more keys
+    assert sum(slices) > roof.op_cost("attention", ((n, 0),), 1)  # + per-slice overheads
 
 
 def test_roofline_monotone_in_tokens(roof):
@@ -73,8 +111,8 @@ def test_roofline_attention_is_quadratic(roof):
 
 
 def test_roofline_chunking_costs_more_than_whole(roof):
-    whole = roof.request_cost(8192)
-    by_size = [roof.request_cost(8192, c) for c in (512, 2048, 8192)]
+    whole = roof.isolated_ttft(8192)
+    by_size = [roof.total(JobPlan.unsliced((8192,), 32, c)) for c in (512, 2048, 8192)]
     assert by_size[2] == pytest.approx(whole)
     assert by_size[0] > by_size[1] > whole
 
@@ -115,5 +153,9 @@ def test_fitted_errors(tmp_path):
     bad.write_text(json.dumps({"format": "flowprefill-predictor", "version": 99}))
     with pytest.raises(ValueError, match="version"):
         FittedPredictor.load(bad)
-    with pytest.raises(ValueError, match="unknown predictor kind"):
+    with pytest.raises(ValueError, match="predictor.kind: 'magic' is not one of roofline"):
         make_predictor(PredictorConfig(kind="magic"), ModelConfig(), HardwareConfig())
+    with pytest.raises(ValueError, match="the simulator's"):
+        make_predictor(PredictorConfig(kind="oracle"), ModelConfig(), HardwareConfig())
+    with pytest.raises(ValueError, match="hardware=auto"):
+        make_predictor(PredictorConfig(), ModelConfig(), HardwareConfig(name="auto"))

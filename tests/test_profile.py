@@ -18,11 +18,12 @@ from flowprefill.predictor.profile_data import (
     read_rows,
     samples,
 )
+from tests.cpu_fp32 import CPU_FP32
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ModelConfig(num_layers=1, hidden_size=64, intermediate_size=128, num_heads=2,
                     num_kv_heads=1, vocab_size=512, max_position=1024)
-ENGINE = EngineConfig(num_kv_blocks=256)
+ENGINE = EngineConfig(**CPU_FP32, num_kv_blocks=256)
 MINI = ProfileGrid(min_len=8, max_len=256, log_points=5, tail_points=2, batch_sizes=(2,),
                    batch_lens=(16,), mixed_batches=((8, 24),), chunk_sizes=(32,),
                    chunk_prefixes=(64,), decode_batches=(2,), decode_contexts=(32,))
@@ -77,7 +78,7 @@ def test_profile_writes_rows_and_resumes(profile_mod, tmp_path):
     assert len(keys) == len(set(keys)) == len(points)
     assert sum(r["type"] == "meta" for r in rows) == 2
     with pytest.raises(ValueError, match="other settings"):
-        profile_mod.run(MODEL, EngineConfig(num_kv_blocks=256, dtype="bfloat16"),
+        profile_mod.run(MODEL, EngineConfig(device="cpu", num_kv_blocks=256, dtype="bfloat16"),
                         HardwareConfig(), MINI, out, warmup=0, repeats=1, warmup_max_tokens=0,
                         progress=False)
 
@@ -86,7 +87,7 @@ def test_thread_cpu_clock_needs_a_single_threaded_cpu_engine(profile_mod, tmp_pa
     with pytest.raises(ValueError, match="threads=1"):
         profile_mod.run(MODEL, ENGINE, HardwareConfig(), MINI, tmp_path, warmup=0, repeats=1,
                         warmup_max_tokens=0, progress=False, clock="thread_cpu")
-    profile_mod.check_clock("thread_cpu", EngineConfig(threads=1))
+    profile_mod.check_clock("thread_cpu", EngineConfig(**CPU_FP32, threads=1))
 
 
 def test_run_in_thread_sets_up_the_thread_as_an_engine_thread():
@@ -98,7 +99,7 @@ def test_run_in_thread_sets_up_the_thread_as_an_engine_thread():
 
     before = torch.get_num_threads()
     try:
-        runner = ModelRunner(MODEL, EngineConfig(num_kv_blocks=16, threads=1))
+        runner = ModelRunner(MODEL, EngineConfig(**CPU_FP32, num_kv_blocks=16, threads=1))
 
         def probe() -> tuple[str, int, bool]:
             return (threading.current_thread().name, torch.get_num_threads(),

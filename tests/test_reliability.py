@@ -83,7 +83,7 @@ def test_burst_of_500_is_served_or_refused_never_5xx(small_server):
     assert st["kv_blocks_free"] == st["kv_blocks_total"] and st["prefill_waiting"] == 0
 
 
-def test_kv_pool_exhausted_mid_decode_fails_cleanly_never_corrupts():
+def test_kv_pool_exhausted_mid_decode_evicts_and_every_output_is_unchanged():
     prompts = [[200 + 7 * i + j for j in range(60)] for i in range(4)]
     expected = LLM(model="tiny", num_layers=1).generate(prompts, max_tokens=150,
                                                        temperature=0.0, ignore_eos=True)
@@ -104,14 +104,10 @@ def test_kv_pool_exhausted_mid_decode_fails_cleanly_never_corrupts():
         st = settle(server)
     finally:
         server.stop()
-    served = [(r.json(), e) for r, e in zip(results, expected, strict=True)
-              if r.status_code == 200]
-    failed = [r for r in results if r.status_code != 200]
-    assert failed, "the pool was sized so that not every sequence fits"
-    for r in failed:
-        assert r.status_code == 500 and "KV cache full" in r.json()["error"]["message"]
-    for body, exp in served:  # survivors are exactly what they would be alone
-        assert body["choices"][0]["text"] == exp.text
+    assert [r.status_code for r in results] == [200] * 4
+    assert st["decode_evictions"] > 0, "the pool was sized so that not every sequence fits"
+    for r, exp in zip(results, expected, strict=True):  # as if each had run uninterrupted
+        assert r.json()["choices"][0]["text"] == exp.text
     assert st["kv_blocks_free"] == st["kv_blocks_total"]
 
 

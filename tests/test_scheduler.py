@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from flowprefill.core import Abort, Arrival, Boundary, Completion, RequestState
-from flowprefill.scheduler import ORDERS, BlockBudget, Scheduler, moore_hodgson
+from flowprefill.core import Abort, Arrival, Completion, Progress
+from flowprefill.scheduler import MAX_SCAN, ORDERS, BlockBudget, Scheduler, moore_hodgson
 from tests.test_scheduler_helpers import UnitPredictor, cost, policy, req
 
 
@@ -27,13 +27,14 @@ def test_urgent_arrival_preempts_only_at_operator_or_layer(gran, switches):
     d = s.on_event(Arrival(req("long", 0.0, 1000, 10.0)), 0.0)
     assert ids(d.run) == ("long",)
     long_job = d.run
-    long_job.ops_done = 2  # the engine got that far
-    d = s.on_event(Arrival(req("short", 0.05, 100, 0.2)), 0.101)
+    # the engine got 3 units in (a layer's end: a point under both operator and layer)
+    d = s.on_events([Progress(long_job.job_id, 3), Arrival(req("short", 0.05, 100, 0.2))],
+                    0.101)
     if switches:
         assert ids(d.run) == ("short",) and d.suspend == (long_job.job_id,)
-        assert s.num_suspended == 1 and long_job.requests[0].state == RequestState.SUSPENDED
+        assert s.num_suspended == 1
         d = s.on_event(Completion(d.run.job_id), 0.143)
-        assert d.run is long_job and long_job.ops_done == 2  # resumed at its cursor
+        assert d.run is long_job and s.done(long_job) == 3  # resumed at its cursor
     else:
         assert d.run is long_job and d.suspend == ()
 
@@ -50,9 +51,10 @@ def test_chunked_switches_at_a_chunk_boundary(order, switches):
     s = Scheduler(policy(order=order, granularity="chunk", chunk_size=250), UnitPredictor())
     job = s.on_event(Arrival(req("long", 0.0, 1000, 10.0)), 0.0).run
     assert job.chunk_size == 250
-    assert s.on_event(Arrival(req("short", 0.05, 100, 0.2)), 0.05).run is job  # mid-chunk
-    job.tokens_done = 250
-    d = s.on_event(Boundary(job.job_id), 0.102)
+    assert s.on_events([Progress(job.job_id, 2), Arrival(req("short", 0.05, 100, 0.2))],
+                       0.05).run is job  # mid-chunk
+    first_chunk = job.plan.passes[0].num_units
+    d = s.on_event(Progress(job.job_id, first_chunk), 0.102)  # the first chunk's end
     if switches:
         assert ids(d.run) == ("short",) and d.suspend == (job.job_id,)
         assert d.run.chunk_size is None  # fits in one chunk: a whole-prompt job
@@ -106,19 +108,44 @@ def test_request_waits_until_its_kv_blocks_are_free():
     assert ids(d.run) == ("small",)
     kv.allocate(100)
     d = s.on_event(Arrival(req("huge", 0.2, 400, 10.0)), 0.2)  # 25 > 20 blocks: never fits
-    assert d.rejected == ("huge",)
+    assert [r.request_id for r in d.rejected] == ["huge"]
+    assert "KV blocks" in d.rejected[0].reason
     kv.free(held)
     kv.free(7)
     assert ids(s.on_event(Completion(d.run.job_id), 0.5).run) == ("big",)
 
 
 def test_hopeless_requests_are_demoted():
+    # "ok" has 1.058 s of slack at 0.9 s but the hopeless request costs 0.402 s: it goes
+    # first under S-EDF only because ok's slack absorbs it (see the next test); here ok has
+    # too little slack (0.2 s) and runs first; plain EDF runs the earlier deadline.
     for order, first in (("sedf", "ok"), ("edf", "hopeless")):
         s, x = _scheduler_with_blocker(order=order)
         s.on_event(Arrival(req("hopeless", 0.0, 1000, 1.1)), 0.0)  # needs 0.402 s by 1.1
-        s.on_event(Arrival(req("ok", 0.0, 100, 2.0)), 0.0)
+        s.on_event(Arrival(req("ok", 0.0, 100, 1.142)), 0.0)
         d = s.on_event(Completion(x.job_id), 0.9)
         assert ids(d.run) == (first,), order
+        assert s.queue.is_demoted("hopeless") is (order == "sedf")
+
+
+def test_late_request_runs_first_when_the_feasible_work_absorbs_it():
+    s, x = _scheduler_with_blocker()
+    s.on_event(Arrival(req("late", 0.0, 100, 0.5)), 0.0)  # 0.042 s, due at 0.5: missed at 0.9
+    s.on_event(Arrival(req("ok", 0.0, 1000, 10.0)), 0.0)  # 0.402 s, 8.7 s of slack
+    d = s.on_event(Completion(x.job_id), 0.9)
+    assert ids(d.run) == ("late",)
+    # without the slack to absorb it, the late one waits: ok due 0.402 + 0.03 s from now
+    s, x = _scheduler_with_blocker()
+    s.on_event(Arrival(req("late", 0.0, 100, 0.5)), 0.0)
+    s.on_event(Arrival(req("ok", 0.0, 1000, 0.9 + 0.432)), 0.0)
+    assert ids(s.on_event(Completion(x.job_id), 0.9).run) == ("ok",)
+
+
+def test_late_arrival_preempts_a_long_job_with_slack():
+    s = Scheduler(policy(), UnitPredictor())
+    long_job = s.on_event(Arrival(req("long", 0.0, 4000, 100.0)), 0.0).run
+    d = s.on_events([Progress(long_job.job_id, 3), Arrival(req("short", 0.5, 32, 0.01))], 0.6)
+    assert ids(d.run) == ("short",) and d.suspend == (long_job.job_id,)
 
 
 def test_moore_hodgson_function():
@@ -138,7 +165,7 @@ def test_moore_hodgson_drops_the_longest(reject):
     s.on_event(Arrival(req("j3", 0.5, 100, now - 0.5 + 0.43)), 0.5)
     d = s.on_event(Completion(x.job_id), now)
     assert ids(d.run) == ("j2",)
-    assert d.rejected == (("j1",) if reject else ())
+    assert [r.request_id for r in d.rejected] == (["j1"] if reject else [])
     assert s.queue.is_demoted("j1") is (not reject)
     # plain S-EDF (demote) runs j1 first: nobody is individually hopeless
     s2, x2 = _scheduler_with_blocker()
@@ -170,3 +197,26 @@ def test_priority_order():
         order.append(d.run.request_ids[0])
         d = s.on_event(Completion(d.run.job_id), 1.0)
     assert order == ["u", "r", "o"]
+
+
+def test_late_work_is_not_absorbed_when_recent_arrivals_fill_the_worker():
+    """The same situation as above, after 12 s of arrivals worth more than the worker can do:
+    the slack is kept for what keeps arriving, and the late request waits."""
+    s, x = _scheduler_with_blocker()
+    for i in range(20):  # 2 s of work every 0.5 s for 10 s: four times what fits
+        s.on_event(Arrival(req(f"busy{i}", 0.5 * i, 5000, 1000.0)), 0.5 * i)
+    assert s.load.at(12.0) > 1.0 and s.queue.num_ready <= MAX_SCAN
+    s.on_event(Arrival(req("late", 11.0, 100, 0.5)), 11.0)
+    s.on_event(Arrival(req("ok", 11.0, 1000, 100.0)), 11.0)
+    assert ids(s.on_event(Completion(x.job_id), 12.0).run) != ("late",)
+
+
+def test_load_estimate_decays_with_time():
+    from flowprefill.scheduler.load import Load
+
+    load = Load(window=10.0)
+    assert load.at(0.0) == 0.0
+    for i in range(100):  # one second of work each second
+        load.add(float(i), 1.0)
+    assert 0.9 < load.at(99.0) < 1.1
+    assert load.at(99.0 + 10 * 10.0) < 1e-4 * load.at(99.0)

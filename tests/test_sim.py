@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flowprefill.config import SimConfig, SLOConfig, WorkloadConfig
+from flowprefill.core import JobPlan
 from flowprefill.sim import Simulator
 from flowprefill.workload import build_requests
 from tests.test_scheduler_helpers import UnitPredictor, cost, policy, req
@@ -13,6 +14,13 @@ from tests.test_scheduler_helpers import UnitPredictor, cost, policy, req
 def scenario():
     """A long relaxed request at 0; an urgent short one at 0.05 (SLO 0.2 s)."""
     return [req("long", 0.0, 1000, 10.0), req("short", 0.05, 100, 0.2)]
+
+
+WHOLE = SimConfig(max_unit_ms=0)  # operators are never split into token slices
+
+
+def whole_cost(n: int, chunk: int | None = None) -> float:
+    return UnitPredictor().total(JobPlan.unsliced((n,), 2, chunk))
 
 
 def first_token(res, rid):
@@ -32,10 +40,10 @@ def first_token(res, rid):
     ],
 )
 def test_urgent_arrival_switch_time(kw, switch_at):
-    res = Simulator(policy(**kw), UnitPredictor()).run(scenario())
+    res = Simulator(policy(**kw), UnitPredictor(), WHOLE).run(scenario())
     short_done = first_token(res, "short")
     if switch_at is None:
-        long_end = UnitPredictor().request_cost(1000, kw.get("chunk_size"))
+        long_end = whole_cost(1000, kw.get("chunk_size"))
         assert short_done == pytest.approx(long_end + cost(100))
         assert not [e for e in res.log if e[1] == "suspend"]
     else:
@@ -46,12 +54,12 @@ def test_urgent_arrival_switch_time(kw, switch_at):
         assert rec.preemptions == 1
         assert rec.preemption_latencies == [pytest.approx(switch_at - 0.05)]
         # the long job loses no work: it ends exactly one short prefill later
-        total = UnitPredictor().request_cost(1000, kw.get("chunk_size"))
+        total = whole_cost(1000, kw.get("chunk_size"))
         assert first_token(res, "long") == pytest.approx(total + cost(100))
 
 
 def test_overheads_are_charged():
-    sim = SimConfig(switch_overhead=0.01, schedule_overhead=0.001)
+    sim = SimConfig(switch_overhead=0.01, schedule_overhead=0.001, max_unit_ms=0)
     res = Simulator(policy(), UnitPredictor(), sim).run(scenario())
     # long starts after one scheduler call (.001); short arrives in its op 1 (ends .102);
     # one scheduler call and one switch later short starts
@@ -59,7 +67,7 @@ def test_overheads_are_charged():
 
 
 def test_kv_limited_sim_serializes():
-    sim = SimConfig(num_kv_blocks=70, block_size=16)  # 1000 tokens = 63 blocks
+    sim = SimConfig(num_kv_blocks=70, block_size=16, max_unit_ms=0)  # 1000 tokens: 63 blocks
     reqs = [req("a", 0.0, 1000, 10.0), req("b", 0.0, 1000, 10.0)]
     res = Simulator(policy(order="fcfs", batching=True, token_bound=4096, alpha=0.0),
                     UnitPredictor(), sim).run(reqs)
@@ -88,7 +96,7 @@ def test_arrivals_are_seen_at_the_next_preemption_point(gran):
     of the arrival, and no switch happens anywhere else."""
     pred = UnitPredictor(num_layers=4)
     w, s = _workload(rate=15.0)
-    res = Simulator(policy(granularity=gran, batching=True), pred).run(
+    res = Simulator(policy(granularity=gran, batching=True), pred, WHOLE).run(
         build_requests(w, s, pred.isolated_ttft))
     lat = [x for r in res.records for x in r.preemption_latencies]
     assert lat, "the workload should cause preemptions"
@@ -116,3 +124,32 @@ def test_every_request_is_served_once():
     runs = {e[2]: e[3] for e in res.log if e[1] == "run"}
     served = [rid for e in completes for rid in runs[e[2]]]
     assert sorted(served) == sorted(r.request_id for r in res.records)
+
+
+def test_operators_longer_than_the_bound_run_as_token_slices():
+    """With a 30 ms bound, each 100 ms operator of the long prompt is 4 slices of 25 ms: the
+    short request starts at the end of the slice it arrived in, and the long one pays
+    nothing for being sliced (the unit predictor is linear in rows)."""
+    sim = SimConfig(max_unit_ms=30.0)
+    res = Simulator(policy(), UnitPredictor(), sim).run(scenario())
+    # long: embed [0, .001], attention slices end .026, .051, ...: short (0.05) waits to .051
+    assert first_token(res, "short") == pytest.approx(0.051 + cost(100))
+    rec = next(r for r in res.records if r.request_id == "long")
+    assert rec.preemption_latencies == [pytest.approx(0.001)]
+    assert first_token(res, "long") == pytest.approx(cost(1000) + cost(100))
+
+
+def test_decode_steps_are_placed_at_points_before_the_tbt_deadline():
+    """A decoding request (TBT 0.06 s) keeps its gaps within its SLO while a long prefill
+    runs: each decode step is placed at an operator boundary before its deadline."""
+    from flowprefill.core import SLO, Request
+
+    dec = Request("dec", 0.0, 10, SLO(ttft=1.0, tbt=0.06), max_tokens=8)
+    long = Request("long", 0.001, 2000, SLO(ttft=100.0), max_tokens=1)
+    sim = SimConfig(max_unit_ms=20.0, decode=True)
+    res = Simulator(policy(), UnitPredictor(), sim).run([dec, long])
+    rec = next(r for r in res.records if r.request_id == "dec")
+    assert len(rec.token_times) == 7 and rec.finish_time is not None
+    assert max(rec.tbt) <= 0.06 + 1e-9
+    long_done = first_token(res, "long")
+    assert long_done > rec.token_times[-1]  # the decodes ran during the long prefill

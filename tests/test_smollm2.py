@@ -11,6 +11,7 @@ import torch
 from flowprefill import LLM
 from flowprefill.model.gguf import export_hf_dir
 from flowprefill.model.source import resolve_path
+from tests.cpu_fp32 import CPU_FP32
 from tests.server_proc import ServerProcess
 
 transformers = pytest.importorskip("transformers")
@@ -42,7 +43,7 @@ def ref():
 
 @pytest.fixture(scope="module")
 def ours():
-    return LLM(model="smollm2_135m", num_kv_blocks=128)
+    return LLM(model="smollm2_135m", num_kv_blocks=128, **CPU_FP32)
 
 
 def hf_greedy(model, ids: list[int], n: int) -> list[int]:
@@ -77,7 +78,8 @@ def test_logits_match_transformers(ours, ref):
     reqs = [ours._requests([p])[0] for p in prompts]
     from flowprefill.core import Job
 
-    logits = ours.runner.prefill_job(Job(0, tuple(reqs))).run()  # one packed batch [3, V]
+    job = Job.unsliced(0, tuple(reqs), ours.model_config.num_layers)
+    logits = ours.runner.prefill_job(job).run()  # one packed batch [3, V]
     for r in reqs:
         ours.runner.free(r.request_id)
     with torch.no_grad():
@@ -117,7 +119,7 @@ def test_exported_dir_loads_in_transformers_and_ours(ours, tmp_path):
     out = export_hf_dir(resolve_path(PATH), tmp_path / "smollm2")
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
-    mine = LLM(model=str(out), num_kv_blocks=64)
+    mine = LLM(model=str(out), num_kv_blocks=64, **CPU_FP32)
     assert mine.model_config.served_name == "smollm2"
     for chat in CHATS[:2]:
         text = ours.tokenizer.apply_chat_template(chat)

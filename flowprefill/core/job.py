@@ -1,53 +1,43 @@
-"""A prefill job as the scheduler sees it: which requests, how they run, how far they got.
+"""A prefill job as the scheduler sees it: which requests, in what units (its plan).
 
-The executor owns the tensors of a job; this object carries only what scheduling needs.
-The engine (or simulator) advances `ops_done` / `tokens_done` as work completes, so the
-scheduler can ask the predictor for the remaining time at any event without a callback.
+Immutable: progress is not stored here. The engine and the simulator count the units they
+have completed and report them in events (`Progress`, `Completion`); the scheduler keeps its
+own record. The executor owns a job's tensors.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 
+from flowprefill.core.plan import JobPlan
 from flowprefill.core.request import Request
 
 
-class Granularity(str, Enum):
-    """Where a running prefill may be suspended."""
-
-    NONE = "none"  # run to completion
-    CHUNK = "chunk"  # between chunks of `chunk_size` prompt tokens
-    LAYER = "layer"  # between decoder layers
-    OPERATOR = "operator"  # between any two operators (attention block, MLP block, ...)
-
-
-def ops_per_forward(num_layers: int) -> int:
-    """Operators in one forward pass: embed, (attention, MLP) per layer, final norm + lm_head."""
-    return 2 * num_layers + 2
-
-
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class Job:
     """A batch of requests prefilled together (or one request, chunk by chunk).
 
-    Progress: in whole-prompt mode `ops_done` counts finished operators of the single forward
-    pass. In chunked mode (`chunk_size` set, exactly one request) `tokens_done` counts prompt
-    tokens whose chunks have finished and `ops_done` counts operators of the current chunk.
+    `chunk_size` set: exactly one request, one pass of `plan` per chunk.
     """
 
     job_id: int
     requests: tuple[Request, ...]
+    plan: JobPlan
     chunk_size: int | None = None
-    ops_done: int = 0
-    tokens_done: int = 0
-    started: bool = False  # has any operator of this job run yet
 
     def __post_init__(self) -> None:
         if not self.requests:
             raise ValueError("a job needs at least one request")
         if self.chunk_size is not None and len(self.requests) != 1:
             raise ValueError("a chunked job holds exactly one request")
+
+    @classmethod
+    def unsliced(cls, job_id: int, requests: tuple[Request, ...], num_layers: int,
+                 chunk_size: int | None = None) -> Job:
+        """A job whose plan runs every operator whole (chunk by chunk with `chunk_size` when
+        its one prompt is longer): what offline runs and profiling use."""
+        plan = JobPlan.unsliced([r.prompt_len for r in requests], num_layers, chunk_size)
+        return cls(job_id, tuple(requests), plan, chunk_size if len(plan.passes) > 1 else None)
 
     @property
     def num_tokens(self) -> int:
@@ -61,3 +51,7 @@ class Job:
     def deadline(self) -> float:
         """The earliest deadline among the job's requests."""
         return min(r.deadline for r in self.requests)
+
+    @property
+    def newest_arrival(self) -> float:
+        return max(r.arrival for r in self.requests)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from enum import Enum
 
 
 @dataclass(frozen=True)
@@ -16,21 +15,15 @@ class SLO:
     slo_class: str = "default"  # e.g. "urgent"/"relaxed" or a trace type ("text", "search")
 
 
-class RequestState(str, Enum):
-    WAITING = "waiting"  # arrived, no prefill work done yet
-    PREFILLING = "prefilling"  # part of the running prefill job
-    SUSPENDED = "suspended"  # part of a preempted job; its KV and activations are kept
-    DECODING = "decoding"  # first token produced
-    FINISHED = "finished"
-    ABORTED = "aborted"
-
-
 @dataclass(eq=False)
 class Request:
     """One inference request as the scheduler sees it.
 
     `arrival` is stamped by whoever owns the clock (the server or the simulator), never
     taken from a client. `prompt_token_ids` is None in the simulator, which only needs lengths.
+    `generated` > 0 marks a request that comes back to prefill after decoding that many tokens
+    (its KV was evicted under memory pressure): its prompt is the original prompt plus them,
+    and the token its prefill produces is its next decode token, not a first token.
     Identity semantics (eq=False): two requests are the same only if they are the same object.
     """
 
@@ -41,7 +34,7 @@ class Request:
     max_tokens: int = 1
     prompt_token_ids: tuple[int, ...] | None = None
     req_type: str | None = None  # workload type when the trace has one (text/image/search/file)
-    state: RequestState = RequestState.WAITING
+    generated: int = 0
     meta: dict = field(default_factory=dict)  # free-form, e.g. sampling params for the engine
 
     def __post_init__(self) -> None:

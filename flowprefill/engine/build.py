@@ -5,18 +5,29 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from flowprefill.config import (
+    AUTO_HARDWARE,
     EngineConfig,
     HardwareConfig,
     ModelConfig,
     PolicyConfig,
     PredictorConfig,
+    from_hydra,
+    load_option,
 )
 from flowprefill.engine.local import LocalEngine
 from flowprefill.executor import ModelRunner
+from flowprefill.executor.device import hardware_preset
 from flowprefill.model.tokenizer import load_tokenizer
 from flowprefill.predictor import make_predictor
 
 E = TypeVar("E", bound=LocalEngine)
+
+
+def resolve_hardware(hardware: HardwareConfig, engine: EngineConfig) -> HardwareConfig:
+    """`hardware=auto`: the preset of the machine a resolved engine runs on."""
+    if hardware.name != AUTO_HARDWARE:
+        return hardware
+    return from_hydra(HardwareConfig, load_option("hardware", hardware_preset(engine)))
 
 
 def build_local_engine(model: ModelConfig, engine: EngineConfig, policy: PolicyConfig,
@@ -27,7 +38,8 @@ def build_local_engine(model: ModelConfig, engine: EngineConfig, policy: PolicyC
     one), not yet started. The predictor prices the resolved model (a checkpoint's
     config.json wins over the preset)."""
     runner = ModelRunner(model, engine)
-    resolved = runner.model_cfg
+    resolved, engine = runner.model_cfg, runner.engine_cfg
+    hardware = resolve_hardware(hardware, engine)
     return engine_cls(runner, load_tokenizer(resolved), policy,
                       make_predictor(predictor, resolved, hardware, engine), model.served_name,
-                      max_decode_batch, **kwargs)
+                      max_decode_batch, hardware=hardware.name, **kwargs)

@@ -1,18 +1,19 @@
 """`deploy=pd` engines: a prefill-only engine that parks KV for pulling, and a decode-only
 engine that continues requests whose KV arrived from elsewhere.
 
-Both reuse `LocalEngine`'s streams, scheduler and loops; they differ only at the handoff.
-The prefill side ends a request's stream after its first token with finish reason
-`prefilled` and keeps its blocks under a lease (freed when pulled, aborted or expired). The
-decode side reserves blocks for an incoming request, lets the caller fill them (a NIXL pull,
-or a local recompute), then feeds the decode loop. Must not know about NIXL or HTTP.
+Both are `LocalEngine`s (the same device loop); they differ only at the handoff. The prefill
+side ends a request's stream after its first token with finish reason `prefilled` and keeps
+its blocks under a lease (freed when pulled, aborted or expired). The decode side reserves
+blocks for an incoming request, lets the caller fill them with a NIXL pull, then hands the
+request to its loop (or, when the pull failed, has the loop prefill it again). Must not
+know about NIXL or HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from flowprefill.core import Job, Request
+from flowprefill.core import Arrival, Handoff, Request
 from flowprefill.engine.api import SamplingParams, TokenOutput
 from flowprefill.engine.local import LocalEngine
 from flowprefill.engine.streams import OutputStream
@@ -24,26 +25,19 @@ PREFILLED = "prefilled"  # finish reason of a prefill-only stream whose KV is pa
 
 
 class PrefillOnlyEngine(LocalEngine):
-    """Runs FlowPrefill scheduling and prefill only; the decode loop never starts."""
+    """Runs FlowPrefill scheduling and prefill only: a request leaves after its first token,
+    its KV parked under a lease until the decode side pulls it."""
+
+    decodes = False
 
     def __init__(self, *args, lease_timeout: float = 30.0, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
         self.leases = LeaseTable(lease_timeout)
-        self.prefill.on_prefilled = self._park
         self.completed = 0  # prefills handed off (KV parked)
         self.generator_states: dict[str, bytes] = {}  # sampling RNG state at the handoff
+        super().__init__(*args, **kwargs)
 
-    def start(self) -> PrefillOnlyEngine:
-        self.prefill.thread.start()
-        return self
-
-    def shutdown(self) -> None:
-        for rid in list(self.streams):
-            self.abort(rid)
-        self.prefill.stop()
-
-    def _park(self, stream: OutputStream, first_token: int) -> None:
-        """Prefill thread: the first token is out; keep the KV until it is pulled."""
+    def _prefilled(self, stream: OutputStream, first_token: int) -> None:
+        """Engine thread: the first token is out; keep the KV until it is pulled."""
         rid = stream.request.request_id
         blocks = self.runner.blocks
         self.leases.add(rid, blocks.block_table(rid), blocks.num_tokens(rid), self.clock.now())
@@ -80,51 +74,45 @@ class PrefillOnlyEngine(LocalEngine):
 
 
 class DecodeOnlyEngine(LocalEngine):
-    """Runs the decode loop only; requests arrive prefilled (first token known)."""
-
-    def start(self) -> DecodeOnlyEngine:
-        self.decode.thread.start()
-        return self
-
-    def shutdown(self) -> None:
-        for rid in list(self.streams):
-            self.abort(rid)
-        self.decode.stop()
+    """Decodes requests prefilled elsewhere (their KV pulled into blocks reserved here); the
+    same loop prefills only what must be recomputed (a failed pull, an evicted sequence)."""
 
     def reserve(self, request_id: str, num_tokens: int) -> list[int]:
         """Blocks for a request's prompt KV (raises OutOfBlocksError); the caller fills them."""
         return self.runner.blocks.allocate(request_id, num_tokens)
 
-    def recompute(self, request: Request) -> None:
-        """Fill a reserved request's KV by prefilling it here (the fallback when a pull fails).
-        Runs on the caller's thread; the logits are dropped, the first token is known."""
-        self.runner.free(request.request_id)  # prefill_job allocates afresh
-        self.runner.prefill_job(Job(-1, (request,)), granularity="none").run()
-
     def resume(self, request: Request, sampling: SamplingParams, first_token: int,
-               generator_state: bytes | None = None) -> OutputStream:
-        """Hand a request whose KV is in place to the decode loop; from here on an abort (or
-        the end of `outputs`) is what frees its blocks."""
+               generator_state: bytes | None = None, recompute: bool = False) -> OutputStream:
+        """Continue a request whose prefill produced `first_token` elsewhere: its KV is in
+        the reserved blocks, or (`recompute`) it is prefilled here again, prompt and first
+        token, and decodes on. From here on an abort (or the end of `outputs`) is what frees
+        its blocks."""
         rid = request.request_id
         if rid in self.streams:
             raise ValueError(f"request id {rid!r} is already in flight")
-        gen = make_generator(sampling, self.runner.pool.kv.device)
+        gen = make_generator(sampling, self.runner.device)
         if gen is not None and generator_state is not None:
             import torch
 
             gen.set_state(torch.frombuffer(bytearray(generator_state), dtype=torch.uint8))
+        if recompute:
+            self.runner.free(rid)
+            ids = (*request.prompt_token_ids, first_token)
+            request = Request(rid, request.arrival, len(ids), request.slo,
+                              max_tokens=request.max_tokens, prompt_token_ids=ids,
+                              req_type=request.req_type, generated=1, meta=request.meta)
         stream = OutputStream(request, sampling, asyncio.get_running_loop(),
                               RequestRecord.for_request(request), generator=gen)
         stream.num_generated = 1  # the prefill worker produced the first token
         self.streams[rid] = stream
-        self.decode.submit(stream, first_token)
+        self.loop.submit(Arrival(request) if recompute else Handoff(request, first_token))
         return stream
 
     def abort(self, request_id: str) -> None:
-        """The decode loop frees the blocks when it sees the flag; the stream ends now."""
+        """The loop frees the blocks when the abort reaches it; the stream ends now."""
         stream = self.streams.get(request_id)
         if stream is None or stream.aborted:
             return
-        stream.aborted = True
+        super().abort(request_id)
         if not stream.finished:
             stream.put(TokenOutput(None, "abort"))

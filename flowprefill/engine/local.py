@@ -1,8 +1,8 @@
-"""`deploy=colocated`: prefill and decode engines in one process, sharing one KV pool.
+"""`deploy=colocated`: one device loop prefilling and decoding over one KV pool.
 
 Implements `EngineClient` for the HTTP server: stamps nothing itself (the server stamps
-arrivals with `now()`), registers a stream per request, feeds the prefill engine's event
-queue, and turns an abort into the one path that frees a request's blocks and state.
+arrivals with `now()`), registers a stream per request, feeds the loop's event queue, and
+turns an abort into the one path that frees a request's blocks and state.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from collections.abc import AsyncIterator
 from flowprefill.config import PolicyConfig
 from flowprefill.core import Abort, Arrival, Request, WallClock
 from flowprefill.engine.api import SamplingParams, Tokenizer, TokenOutput
-from flowprefill.engine.decode import DecodeEngine
-from flowprefill.engine.prefill import PrefillEngine
+from flowprefill.engine.loop import EngineLoop
 from flowprefill.engine.streams import OutputStream
 from flowprefill.executor import ModelRunner, make_generator
 from flowprefill.kvcache import BlockManager
-from flowprefill.metrics import RequestRecord
-from flowprefill.predictor import Predictor
+from flowprefill.metrics import RequestRecord, percentile
+from flowprefill.predictor import CorrectedPredictor, Predictor
 from flowprefill.scheduler import Scheduler
 
 
@@ -39,9 +38,13 @@ class BlockManagerView:
 
 
 class LocalEngine:
+    decodes = True  # this worker decodes what it prefills (a PD prefill worker does not)
+
     def __init__(self, runner: ModelRunner, tokenizer: Tokenizer, policy: PolicyConfig,
-                 predictor: Predictor, model_name: str, max_decode_batch: int = 64) -> None:
+                 predictor: Predictor, model_name: str, max_decode_batch: int = 64,
+                 hardware: str = "unknown") -> None:
         self.runner = runner
+        self.hardware = hardware  # the hardware preset its predictor prices
         self.tokenizer = tokenizer
         self.model_name = model_name
         # a request must fit the model's context and, with its output, the KV pool
@@ -51,22 +54,27 @@ class LocalEngine:
         self.clock = WallClock()
         self.streams: dict[str, OutputStream] = {}
         self.records: deque[RequestRecord] = deque(maxlen=100_000)  # finished requests
-        self.scheduler = Scheduler(policy, predictor, BlockManagerView(runner.blocks))
-        self.decode = DecodeEngine(runner, self.clock, max_decode_batch)
-        self.prefill = PrefillEngine(runner, self.scheduler, self.clock, self.streams,
-                                     self.decode.submit)
+        cfg = runner.engine_cfg
+        self.scheduler = Scheduler(policy, predictor, BlockManagerView(runner.blocks),
+                                   max_unit_s=cfg.max_unit_s, decode=self.decodes,
+                                   decode_batch=max_decode_batch)
+        # an online correction observes the device time of every unit; otherwise nothing does
+        observer = predictor if isinstance(predictor, CorrectedPredictor) else None
+        self.loop = EngineLoop(runner, self.scheduler, self.clock, self.streams,
+                               on_prefilled=self._prefilled, observer=observer,
+                               launch_ahead=cfg.launch_ahead)
+
+    _prefilled = None  # a PD prefill worker parks the KV here
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> LocalEngine:
-        self.prefill.thread.start()
-        self.decode.thread.start()
+        self.loop.thread.start()
         return self
 
     def shutdown(self) -> None:
         for rid in list(self.streams):
             self.abort(rid)
-        self.prefill.stop()
-        self.decode.stop()
+        self.loop.stop()
 
     # ------------------------------------------------------------------ EngineClient
     def now(self) -> float:
@@ -81,7 +89,7 @@ class LocalEngine:
                               RequestRecord.for_request(request),
                               generator=make_generator(sampling, self.runner.pool.kv.device))
         self.streams[rid] = stream
-        self.prefill.submit(Arrival(request))
+        self.loop.submit(Arrival(request))
         async for out in self.outputs(stream):
             yield out
 
@@ -114,8 +122,8 @@ class LocalEngine:
         stream = self.streams.get(request_id)
         if stream is None or stream.aborted:
             return
-        stream.aborted = True  # the decode loop and the prefill completion check this flag
-        self.prefill.submit(Abort(request_id))  # the scheduler drops it from queue or job
+        stream.aborted = True  # the prefill completion checks this flag
+        self.loop.submit(Abort(request_id))  # the scheduler drops it wherever it is
 
     def health(self) -> dict:
         return {}
@@ -125,25 +133,20 @@ class LocalEngine:
 
     def stats(self) -> dict:
         blocks = self.runner.blocks
-        lat = sorted(self.prefill.preemption_latencies)
+        lat = list(self.loop.preemption_latencies)
         return {
             "requests_in_flight": len(self.streams),
             "prefill_waiting": self.scheduler.num_waiting,
-            "prefill_running": int(self.prefill.current is not None),
-            "prefill_suspended": self.prefill.num_suspended,
-            "decode_running": len(self.decode.running),
-            "decode_steps": self.decode.steps,
-            "preemptions": self.prefill.preemptions,
-            "preemption_latency_p50": _pct(lat, 0.5),
-            "preemption_latency_p99": _pct(lat, 0.99),
-            "scheduler_calls": self.prefill.scheduler_calls,
+            "prefill_running": int(self.loop.current is not None),
+            "prefill_suspended": self.loop.num_suspended,
+            "decode_running": len(self.loop.units.tokens),
+            "decode_steps": self.loop.units.decode_steps,
+            "decode_evictions": self.loop.evictions,
+            "preemptions": self.loop.preemptions,
+            "preemption_latency_p50": percentile(lat, 50) or 0.0,
+            "preemption_latency_p99": percentile(lat, 99) or 0.0,
+            "scheduler_calls": self.loop.scheduler_calls,
             "kv_blocks_total": blocks.num_blocks,
             "kv_blocks_free": blocks.num_free,
             "kv_usage": 1.0 - blocks.num_free / blocks.num_blocks,
         }
-
-
-def _pct(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return 0.0
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]

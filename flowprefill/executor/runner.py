@@ -1,26 +1,33 @@
-"""The model runner of one worker: the model, the KV pool, the block manager, the backend.
+"""The model runner of one worker: the model, the KV pool, the block manager, the backend,
+and on CUDA the streams prefill and decode run on.
 
-Creates prefill jobs from the scheduler's `core.Job` (allocating their KV up front: a job
-that cannot get its blocks raises `OutOfBlocksError` and holds nothing), runs batched decode
-steps over paged KV, and frees sequences. Must not know about policies, events or clocks.
+Resolves the engine's `auto` settings for this machine and refuses a model that does not fit
+before allocating anything. Creates prefill jobs from the scheduler's `core.Job` (allocating
+their KV up front: a job that cannot get its blocks raises `OutOfBlocksError` and holds
+nothing), runs batched decode steps over paged KV, and frees sequences. Must not know about
+policies, events or clocks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import torch
 
 from flowprefill.attention import make_backend
 from flowprefill.config import EngineConfig, ModelConfig
-from flowprefill.core.job import Granularity, Job
+from flowprefill.core import Clock, Job
+from flowprefill.executor import device
 from flowprefill.executor.batch import build_decode_batch
+from flowprefill.executor.memory import check_fits
 from flowprefill.executor.prefill_job import PrefillJob
+from flowprefill.executor.timeline import CPUTimeline, make_timeline
 from flowprefill.kvcache import BlockManager, KVPool
 from flowprefill.model import Decoder, load_model
-from flowprefill.model.loading import DTYPES
+from flowprefill.model.loading import DTYPES, resolve_config
 
 T = TypeVar("T")
 
@@ -28,17 +35,32 @@ T = TypeVar("T")
 class ModelRunner:
     def __init__(self, model_cfg: ModelConfig, engine_cfg: EngineConfig,
                  model: Decoder | None = None) -> None:
+        engine_cfg = self.engine_cfg = device.resolve(engine_cfg)
         if engine_cfg.threads > 0 and engine_cfg.device == "cpu":
             torch.set_num_threads(engine_cfg.threads)
-        self.engine_cfg = engine_cfg
-        self.model = model or load_model(model_cfg, engine_cfg.device, engine_cfg.dtype,
-                                         engine_cfg.compile)
+        if model is None:
+            model_cfg = resolve_config(model_cfg)
+            check_fits(model_cfg, engine_cfg)
+            model = load_model(model_cfg, engine_cfg.device, engine_cfg.dtype,
+                               engine_cfg.compile)
+        self.model = model
         cfg = self.model_cfg = self.model.cfg  # resolved (a checkpoint's config.json wins)
         self.blocks = BlockManager(engine_cfg.num_kv_blocks, engine_cfg.block_size)
         self.pool = KVPool(cfg.num_layers, engine_cfg.num_kv_blocks, engine_cfg.block_size,
                            cfg.num_kv_heads, cfg.dim_head, DTYPES[engine_cfg.dtype],
                            engine_cfg.device)
         self.backend = make_backend(engine_cfg.attention)
+        cuda = engine_cfg.device == "cuda"
+        # decode on its own stream: a decode step placed at a preemption point does not queue
+        # behind the prefill units launched ahead of the device
+        self.prefill_stream = torch.cuda.Stream() if cuda else None
+        self.decode_stream = torch.cuda.Stream() if cuda else None
+        if cuda:  # weights and pool were made on the default stream: done before others read
+            torch.cuda.synchronize()
+
+    @property
+    def device(self) -> torch.device:
+        return self.pool.kv.device
 
     def use_threads(self) -> None:
         """Give the calling thread this runner's intra-op thread count. Call it at the start
@@ -49,7 +71,7 @@ class ModelRunner:
             torch.set_num_threads(self.engine_cfg.threads)
 
     def run_in_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(*args)` on a fresh thread set up as the engine sets up its threads (the
+        """`fn(*args)` on a fresh thread set up as the engine sets up its thread (the
         runner's thread count, inference mode), beside the constructing thread's own OpenMP
         pool, as when serving: how profiling times the model. The difference is real: on a
         2-core CPU a 256-token prefill of the tiny model took ~23 ms on the main thread and
@@ -72,10 +94,22 @@ class ModelRunner:
             raise out["error"]
         return out["result"]
 
+    @contextlib.contextmanager
+    def on(self, stream: torch.cuda.Stream | None) -> Iterator[None]:
+        """Run the body's kernels on `stream` (None: the CPU, nothing to do)."""
+        if stream is None:
+            yield
+        else:
+            with torch.cuda.stream(stream):
+                yield
+
+    def timeline(self, clock: Clock, stream: torch.cuda.Stream | None) -> CPUTimeline:
+        """The device timeline of one of this runner's streams, on `clock`."""
+        return make_timeline(clock, stream)
+
     # ------------------------------------------------------------------ prefill
-    def prefill_job(self, job: Job, token_ids: Sequence[Sequence[int]] | None = None, *,
-                    granularity: Granularity | str | None = None,
-                    max_op_tokens: int | None = None) -> PrefillJob:
+    def prefill_job(self, job: Job, token_ids: Sequence[Sequence[int]] | None = None
+                    ) -> PrefillJob:
         """An executable job for `job`; token ids default to each request's prompt_token_ids.
 
         Allocates KV blocks for every full prompt now (all or nothing).
@@ -93,12 +127,8 @@ class ModelRunner:
         if too_long:
             raise ValueError(f"prompts longer than max_position "
                              f"{self.model_cfg.max_position}: {too_long}")
-        if granularity is None:
-            granularity = Granularity.CHUNK if job.chunk_size else self.engine_cfg.granularity
         self.blocks.allocate_all(job.request_ids, [len(t) for t in ids])
-        return PrefillJob(self, job, ids, Granularity(granularity),
-                          self.engine_cfg.max_op_tokens if max_op_tokens is None
-                          else max_op_tokens)
+        return PrefillJob(self, job, ids)
 
     # ------------------------------------------------------------------ decode
     def decode(self, seq_ids: Sequence[str], token_ids: Sequence[int]) -> torch.Tensor:

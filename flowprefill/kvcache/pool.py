@@ -34,6 +34,14 @@ class KVPool:
         """K and V slot tensors of one layer, each [S, kvh, hd] (views, writable)."""
         return self.kv[layer, 0], self.kv[layer, 1]
 
+    def pages(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V of one layer as blocks, each [num_blocks, block_size, kvh, hd] (views): slot
+        `b * block_size + o` is page b, entry o. Contiguous, K and V with equal strides: the
+        NHD paged layout (page = block) that paged attention kernels such as flashinfer's read."""
+        k, v = self.layer(layer)
+        shape = (self.num_blocks, self.block_size, *k.shape[1:])
+        return k.view(shape), v.view(shape)
+
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store k, v ([T, kvh, hd]) at flat slots ([T], int64)."""
         k_cache, v_cache = self.layer(layer)
@@ -47,7 +55,6 @@ class KVPool:
         k = k_cache.index_select(0, flat).view(*slots.shape, *k_cache.shape[1:])
         v = v_cache.index_select(0, flat).view(*slots.shape, *v_cache.shape[1:])
         return k, v
-
 
 
 def slot_ids(block_table: torch.Tensor, positions: torch.Tensor, block_size: int) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """A decoder forward pass as a flat, explicit list of operators.
 
-Operator `i` of a forward over `L` layers: 0 = embed; `1 + 2l` = attention block of layer l;
-`2 + 2l` = MLP block of layer l; `2L + 1` = final norm + lm_head on each sequence's last row.
+Operator `i` of a forward over `L` layers (the table is `core.ops`'): 0 = embed; `1 + 2l` =
+attention block of layer l; `2 + 2l` = MLP block of layer l; `2L + 1` = final norm + lm_head
+on each sequence's last row.
 Every operator maps an activation tensor `hidden [T, H]` to the next one (the residual add is
 inside each block, so there is no separate residual stream to carry), so a caller can stop
 after any operator and resume later with nothing but `hidden`. The attention kernel is an
@@ -15,26 +16,18 @@ attention call and the loop over operators stay in Python.
 from __future__ import annotations
 
 from collections.abc import Callable
-from enum import Enum
 
 import torch
 import torch.nn.functional as F
 
 from flowprefill.config import ModelConfig
-from flowprefill.core.job import ops_per_forward
+from flowprefill.core.ops import OpKind, op_kind, op_layer, ops_per_forward
 from flowprefill.model import layers
 from flowprefill.model.weights import ModelWeights
 
 # attend(layer, q [T, nh, hd], k [T, kvh, hd], v [T, kvh, hd]) -> out [T, nh, hd]; the callee
 # stores k/v in its KV cache and attends over whatever context the caller's metadata says.
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-class OpKind(str, Enum):
-    EMBED = "embed"
-    ATTENTION = "attention"
-    MLP = "mlp"
-    HEAD = "head"
 
 
 class Decoder:
@@ -45,7 +38,8 @@ class Decoder:
         self.weights = weights
         self.device = weights.embed.device
         self.dtype = weights.embed.dtype
-        cos, sin = layers.rope_tables(cfg.max_position, cfg.dim_head, cfg.rope_theta, self.device)
+        cos, sin = layers.rope_tables(cfg.max_position, cfg.dim_head, cfg.rope_theta, self.device,
+                                      cfg.rope_scaling)
         self._cos, self._sin = cos.to(self.dtype), sin.to(self.dtype)  # [P, hd]
         self.compiled = compile
         wrap = _compile if compile else (lambda f: f)
@@ -64,13 +58,8 @@ class Decoder:
         return ops_per_forward(self.cfg.num_layers)
 
     def op_kind(self, op: int) -> tuple[OpKind, int]:
-        """(kind, layer) of operator `op`; layer is -1 for embed and head."""
-        if op == 0:
-            return OpKind.EMBED, -1
-        if op == self.num_ops - 1:
-            return OpKind.HEAD, -1
-        layer, r = divmod(op - 1, 2)
-        return (OpKind.ATTENTION if r == 0 else OpKind.MLP), layer
+        """(kind, layer) of operator `op` (the table is `core.ops`'); layer -1 for embed/final."""
+        return op_kind(op, self.num_layers), op_layer(op, self.num_layers)
 
     # ------------------------------------------------------------------ operators
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,7 +99,7 @@ class Decoder:
             return self.attention(layer, hidden, cos, sin, attend)
         if kind is OpKind.MLP:
             return self.mlp(layer, hidden)
-        raise ValueError("the head runs on last rows only: call head()")
+        raise ValueError("the final operator runs on last rows only: call head()")
 
     # ------------------------------------------------------------------ whole forward
     def forward(self, token_ids: torch.Tensor, positions: torch.Tensor,

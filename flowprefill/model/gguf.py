@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flowprefill.config import ModelConfig
+from flowprefill.config import ModelConfig, RopeScaling
 from flowprefill.model.dequant import dequantize
 
 ARCHS = ("llama", "qwen2")  # general.architecture values we run
@@ -44,21 +46,36 @@ _GLOBAL = MappingProxyType({"token_embd.weight": "model.embed_tokens.weight",
 _IGNORED = ("rope_freqs.weight",)  # checked in config_from_gguf (rope scaling is refused)
 
 
+@dataclass(frozen=True)
+class TensorInfo:
+    ggml_type: int
+    shape: tuple[int, ...]  # as HF stores it, rows first (ggml lists ne[0], innermost, first)
+    offset: int  # of its bytes from the start of the file
+    nbytes: int
+
+
+def _frozen(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
 class GGUFFile:
-    """One parsed GGUF file: its metadata values and its tensors (memory-mapped, not read)."""
+    """One GGUF file's metadata values and tensor table, parsed once; a tensor's bytes are
+    read from the file when it is asked for (no memory map outlives the call)."""
 
     def __init__(self, path: str | Path) -> None:
         from gguf import GGUFReader
 
         self.path = Path(path)
         reader = GGUFReader(str(self.path))
-        self._fields = reader.fields
-        self.tensors = {t.name: t for t in reader.tensors}
+        self._meta = MappingProxyType({k: _frozen(f.contents()) for k, f in reader.fields.items()})
+        self.tensors = MappingProxyType({
+            t.name: TensorInfo(int(t.tensor_type), tuple(int(n) for n in reversed(t.shape)),
+                               int(t.data_offset), int(t.n_bytes))
+            for t in reader.tensors})
 
     def get(self, key: str, default: Any = None) -> Any:
-        """A metadata value (scalars, strings and arrays as Python values)."""
-        f = self._fields.get(key)
-        return default if f is None else f.contents()
+        """A metadata value (scalars and strings as Python values, arrays as tuples)."""
+        return self._meta.get(key, default)
 
     def require(self, key: str) -> Any:
         value = self.get(key)
@@ -67,10 +84,24 @@ class GGUFFile:
         return value
 
     def tensor(self, name: str) -> torch.Tensor:
-        """Tensor `name` dequantized to float32, shaped [rows, cols] as HF stores it."""
+        """Tensor `name` dequantized to float32, shaped as HF stores it."""
         t = self.tensors[name]
-        shape = tuple(int(n) for n in reversed(t.shape))  # ggml lists ne[0] (innermost) first
-        return dequantize(t.data, int(t.tensor_type), shape, name)
+        raw = np.memmap(self.path, dtype=np.uint8, mode="r", offset=t.offset, shape=(t.nbytes,))
+        return dequantize(raw, t.ggml_type, t.shape, name)
+
+
+@functools.lru_cache(maxsize=2)
+def _parsed(path: str, mtime_ns: int, size: int) -> GGUFFile:
+    return GGUFFile(path)
+
+
+def open_gguf(path: str | Path) -> GGUFFile:
+    """The file at `path`, parsed once per version of it: resolving the config, loading the
+    weights and building the tokenizer share one parse (the gguf reader takes seconds over a
+    49k-token vocabulary; what is kept is the metadata, a few MB)."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return _parsed(str(p), st.st_mtime_ns, st.st_size)
 
 
 def _f32(value: Any) -> float:
@@ -80,7 +111,7 @@ def _f32(value: Any) -> float:
 
 
 def _open(src: str | Path | GGUFFile) -> GGUFFile:
-    return src if isinstance(src, GGUFFile) else GGUFFile(src)
+    return src if isinstance(src, GGUFFile) else open_gguf(src)
 
 
 def config_from_gguf(src: str | Path | GGUFFile, base: ModelConfig | None = None) -> ModelConfig:
@@ -108,7 +139,7 @@ def config_from_gguf(src: str | Path | GGUFFile, base: ModelConfig | None = None
         raise ValueError(f"{gf.path}: partial rotary embeddings are not supported")
     tokens = gf.get("tokenizer.ggml.tokens")
     vocab = gf.get(f"{arch}.vocab_size") or (len(tokens) if tokens else None)
-    vocab = vocab or int(gf.tensors["token_embd.weight"].shape[1])
+    vocab = vocab or gf.tensors["token_embd.weight"].shape[0]
     base = base or ModelConfig()
     return dataclasses.replace(
         base,
@@ -123,6 +154,7 @@ def config_from_gguf(src: str | Path | GGUFFile, base: ModelConfig | None = None
         head_dim=head_dim if head_dim != hidden // heads else None,
         max_position=int(meta("context_length", base.max_position)),
         rope_theta=_f32(meta("rope.freq_base", 10000.0)),
+        rope_scaling=RopeScaling(),  # scaled files are refused above; not the base's
         rms_norm_eps=_f32(meta("attention.layer_norm_rms_epsilon")),
         tie_word_embeddings="output.weight" not in gf.tensors,
         path=str(gf.path),
@@ -193,7 +225,7 @@ def export_hf_dir(gguf_path: str | Path, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out}: exists and is not an empty directory")
-    gf = GGUFFile(gguf_path)
+    gf = open_gguf(gguf_path)
     cfg = config_from_gguf(gf)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

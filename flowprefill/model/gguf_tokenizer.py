@@ -67,9 +67,9 @@ def build_tokenizer(gf: GGUFFile) -> tokenizers.Tokenizer:
     if kind != "gpt2":
         raise ValueError(f"{gf.path}: GGUF tokenizer.ggml.model {kind!r} is not supported "
                          "(gpt2: byte-level BPE); set model.tokenizer to a tokenizer.json")
-    tokens: list[str] = gf.get("tokenizer.ggml.tokens")
+    tokens: tuple[str, ...] = gf.get("tokenizer.ggml.tokens")
     merges = [tuple(m.split(" ", 1)) for m in gf.get("tokenizer.ggml.merges", [])]
-    types: list[int] = gf.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    types: tuple[int, ...] = gf.get("tokenizer.ggml.token_type") or (1,) * len(tokens)
     tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges,
                                fuse_unk=False, byte_fallback=False))
     tok.pre_tokenizer, normalizer = _pre_tokenizer(gf.get("tokenizer.ggml.pre", "default"))

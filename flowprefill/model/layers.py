@@ -6,8 +6,12 @@ compiled graph serves every layer (same shapes) without recompiling per layer.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+from flowprefill.config import RopeScaling
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -17,11 +21,36 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * xf.to(x.dtype)
 
 
+def llama3_inv_freq(inv_freq: torch.Tensor, s: RopeScaling) -> torch.Tensor:
+    """Llama 3.1's frequency scaling of inv_freq [hd/2] (fp32) -> [hd/2].
+
+    By wavelength 2*pi/f against the pretraining context L = s.original_max_position: shorter
+    than L/high_freq_factor kept, longer than L/low_freq_factor divided by `factor`, between
+    blended linearly in L/wavelength (Meta's reference `apply_scaling`; transformers' `llama3`).
+    """
+    wavelen = 2 * math.pi / inv_freq
+    low_wavelen = s.original_max_position / s.low_freq_factor
+    high_wavelen = s.original_max_position / s.high_freq_factor
+    smooth = (s.original_max_position / wavelen - s.low_freq_factor) / (
+        s.high_freq_factor - s.low_freq_factor)
+    blended = (1 - smooth) * inv_freq / s.factor + smooth * inv_freq
+    out = torch.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
+    return torch.where((wavelen >= high_wavelen) & (wavelen <= low_wavelen), blended, out)
+
+
 def rope_tables(
-    max_position: int, head_dim: int, theta: float, device: torch.device | str = "cpu"
+    max_position: int,
+    head_dim: int,
+    theta: float,
+    device: torch.device | str = "cpu",
+    scaling: RopeScaling | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin tables [max_position, head_dim] (fp32), halves duplicated (rotate-half style)."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    if scaling is not None and scaling.rope_type == "llama3":
+        inv_freq = llama3_inv_freq(inv_freq, scaling)
+    elif scaling is not None and scaling.rope_type != "default":
+        raise ValueError(f"rope scaling type {scaling.rope_type!r} is not supported")
     pos = torch.arange(max_position, dtype=torch.float32)
     freqs = pos[:, None] * inv_freq[None, :]  # [P, hd/2]
     emb = torch.cat((freqs, freqs), dim=-1)  # [P, hd]

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from flowprefill.config import ModelConfig
+from flowprefill.config import ROPE_TYPES, ModelConfig, RopeScaling
 from flowprefill.model.decoder import Decoder
 from flowprefill.model.source import resolve_path
 from flowprefill.model.weights import LayerWeights, ModelWeights, random_weights
@@ -35,17 +35,15 @@ def config_from_hf(path: str | Path, base: ModelConfig | None = None) -> ModelCo
     model_type = hf.get("model_type", "")
     if model_type not in _ARCH:
         raise ValueError(f"{path}: unsupported model_type {model_type!r} (qwen2 or llama)")
-    rope = hf.get("rope_parameters") or {}
-    scaling = hf.get("rope_scaling") or rope
-    if scaling.get("rope_type", scaling.get("type", "default")) not in ("default", None):
-        raise ValueError(f"{path}: rope scaling {scaling} is not supported")
+    base = base or ModelConfig()
+    max_position = hf.get("max_position_embeddings", base.max_position)
+    rope, scaling = _rope(path, hf, max_position)
     eos = hf.get("eos_token_id")
     gen = Path(path) / "generation_config.json"
     if eos is None and gen.is_file():
         eos = json.loads(gen.read_text()).get("eos_token_id")
     if isinstance(eos, list):
         eos = eos[0] if eos else None
-    base = base or ModelConfig()
     return dataclasses.replace(
         base,
         name=base.name if base.path else Path(path).name,
@@ -57,13 +55,50 @@ def config_from_hf(path: str | Path, base: ModelConfig | None = None) -> ModelCo
         num_heads=hf["num_attention_heads"],
         num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
         head_dim=hf.get("head_dim"),
-        max_position=hf.get("max_position_embeddings", base.max_position),
+        max_position=max_position,
         rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", base.rope_theta))),
+        rope_scaling=scaling,
         rms_norm_eps=hf.get("rms_norm_eps", base.rms_norm_eps),
         tie_word_embeddings=hf.get("tie_word_embeddings", False),
         path=str(path),
         eos_token_id=eos,  # the checkpoint's own (None: generation never stops early)
     )
+
+
+def _rope(path: str | Path, hf: dict[str, Any], max_position: int
+          ) -> tuple[dict[str, Any], RopeScaling]:
+    """config.json's RoPE parameters and our RopeScaling for them.
+
+    transformers 5 writes one `rope_parameters` dict (rope_theta inside); older files have
+    `rope_scaling` (`rope_type`, or the legacy `type`) beside a top-level `rope_theta`. As in
+    transformers, `rope_scaling` wins when both are present.
+    """
+    rope = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
+    if any(isinstance(v, dict) for v in rope.values()):
+        raise ValueError(f"{path}: per-layer-type rope parameters are not supported: {rope}")
+    kind = rope.get("rope_type", rope.get("type")) or "default"
+    if kind not in ROPE_TYPES:
+        raise ValueError(f"{path}: rope_type {kind!r} is not supported "
+                         f"(one of {', '.join(ROPE_TYPES)})")
+    partial = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    if partial != 1.0:
+        raise ValueError(f"{path}: partial_rotary_factor {partial} is not supported (only 1.0)")
+    if kind == "default":
+        return rope, RopeScaling()
+    missing = sorted({"factor", "low_freq_factor", "high_freq_factor"} - set(rope))
+    if missing:
+        raise ValueError(f"{path}: rope_type {kind!r} needs {missing}")
+    # transformers: a top-level original_max_position_embeddings wins, else the dict's, else
+    # max_position_embeddings
+    original = hf.get("original_max_position_embeddings",
+                      rope.get("original_max_position_embeddings", max_position))
+    try:
+        return rope, RopeScaling(rope_type=kind, factor=float(rope["factor"]),
+                                 low_freq_factor=float(rope["low_freq_factor"]),
+                                 high_freq_factor=float(rope["high_freq_factor"]),
+                                 original_max_position=int(original))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -116,22 +151,34 @@ def is_gguf(path: Path) -> bool:
     return path.is_file() and path.suffix == ".gguf"
 
 
+def resolve_config(cfg: ModelConfig) -> ModelConfig:
+    """The architecture `cfg` loads as: a checkpoint's own config (config.json or GGUF
+    metadata) wins over the preset; `path` stays as given. Idempotent."""
+    if not cfg.path:
+        return cfg
+    src = resolve_path(cfg.path)
+    if is_gguf(src):
+        from flowprefill.model.gguf import config_from_gguf, open_gguf
+
+        resolved = config_from_gguf(open_gguf(src), cfg)
+    else:
+        resolved = config_from_hf(src, cfg)
+    return dataclasses.replace(resolved, path=cfg.path)
+
+
 def load_model(cfg: ModelConfig, device: str = "cpu", dtype: str = "float32",
                compile: bool = False) -> Decoder:
     """The Decoder for `cfg`: from `cfg.path` when set (an HF directory or a GGUF file), else
     seeded random weights."""
     torch_dtype = DTYPES[dtype]
+    cfg = resolve_config(cfg)
     if not cfg.path:
         return Decoder(cfg, random_weights(cfg, torch_dtype, device), compile=compile)
     src = resolve_path(cfg.path)
     if is_gguf(src):
-        from flowprefill.model.gguf import GGUFFile, config_from_gguf, hf_tensors
+        from flowprefill.model.gguf import hf_tensors, open_gguf
 
-        gf = GGUFFile(src)  # parsed once for both the config and the tensors
-        resolved = config_from_gguf(gf, cfg)
-        weights = fuse_hf(resolved, hf_tensors(resolved, gf))
+        weights = fuse_hf(cfg, hf_tensors(cfg, open_gguf(src)))
     else:
-        resolved = config_from_hf(src, cfg)
-        weights = hf_weights(resolved, src)
-    resolved = dataclasses.replace(resolved, path=cfg.path)
-    return Decoder(resolved, weights.to(device, torch_dtype), compile=compile)
+        weights = hf_weights(cfg, src)
+    return Decoder(cfg, weights.to(device, torch_dtype), compile=compile)

@@ -81,10 +81,10 @@ class HFTokenizer:
     @classmethod
     def from_gguf(cls, path: Path, arch: str) -> HFTokenizer:
         """The tokenizer and chat template a GGUF file describes; eos is the file's own."""
-        from flowprefill.model.gguf import GGUFFile
+        from flowprefill.model.gguf import open_gguf
         from flowprefill.model.gguf_tokenizer import build_tokenizer, chat_template
 
-        gf = GGUFFile(path)
+        gf = open_gguf(path)
         return cls(build_tokenizer(gf), gf.get("tokenizer.ggml.eos_token_id"),
                    chat_template(gf) or _TEMPLATES.get(arch, _plain))
 

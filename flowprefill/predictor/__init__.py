@@ -9,61 +9,86 @@ model or the engine.
 
 from __future__ import annotations
 
-from flowprefill.config import EngineConfig, HardwareConfig, ModelConfig, PredictorConfig
-from flowprefill.predictor.base import Predictor, chunk_shape, job_shape
+from flowprefill.config import (
+    AUTO_HARDWARE,
+    EngineConfig,
+    HardwareConfig,
+    ModelConfig,
+    PredictorConfig,
+)
+from flowprefill.predictor.base import Predictor
 from flowprefill.predictor.correction import CorrectedPredictor, OnlineCorrection
-from flowprefill.predictor.cost import OP_KINDS, BatchShape, ForwardCost, op_kind
+from flowprefill.predictor.cost import OP_KINDS, BatchShape, ForwardCost, UnitCosts, op_kind
 from flowprefill.predictor.cubic import CubicPredictor
 from flowprefill.predictor.fitted import AUTO, FittedPredictor, artifact_dir, save_artifact
+from flowprefill.predictor.profile_data import ENGINE_SETTINGS
 from flowprefill.predictor.roofline import RooflinePredictor
 
-KINDS = ("roofline", "fitted", "cubic")
+ORACLE = "oracle"  # not a predictor: the simulator schedules with its truth cost model
 
 
-# engine settings a profile records and `path: auto` must match (they change the costs)
-ENGINE_SETTINGS = ("device", "dtype", "compile", "attention", "threads")
+def _roofline(cfg: PredictorConfig, model: ModelConfig, hardware: HardwareConfig,
+              engine: EngineConfig | None) -> Predictor:
+    return RooflinePredictor(model, hardware)
 
 
-def _load(cfg: PredictorConfig, model: ModelConfig, hardware: HardwareConfig,
-          engine: EngineConfig | None) -> Predictor:
-    expect = settings = None
-    path = cfg.path
-    if path == AUTO:  # looked up by name: it must have been fitted for this model and machine
-        path = str(artifact_dir(model.name, hardware.name))
-        expect = {"model": model.name, "hardware": hardware.name}
-        if engine is not None:  # ... and profiled with this engine's settings
-            settings = {k: getattr(engine, k) for k in ENGINE_SETTINGS}
-    try:
-        if cfg.kind == "fitted":
-            return FittedPredictor.load(path, num_layers=model.num_layers, expect=expect,
-                                        settings=settings)
-        if path is None:
-            raise FileNotFoundError("predictor=cubic needs predictor.path (the directory "
-                                    "train_predictor.py wrote, or `auto`)")
-        return CubicPredictor.load(path, num_layers=model.num_layers)
-    except FileNotFoundError:
-        if cfg.on_missing == "roofline":  # the explicit opt-in to run without an artifact
-            return RooflinePredictor(model, hardware)
-        raise
+def _artifact(cls):
+    """A loader of an artifact-backed kind (`path: auto` looks it up by model and hardware
+    and checks the engine settings it was profiled with)."""
+
+    def load(cfg: PredictorConfig, model: ModelConfig, hardware: HardwareConfig,
+             engine: EngineConfig | None) -> Predictor:
+        expect = settings = None
+        path = cfg.path
+        if path == AUTO:  # by name: it must have been fitted for this model and machine
+            path = str(artifact_dir(model.name, hardware.name))
+            expect = {"model": model.name, "hardware": hardware.name}
+            if engine is not None:  # ... and profiled with this engine's settings
+                settings = {k: getattr(engine, k) for k in ENGINE_SETTINGS}
+        try:
+            return cls.load(path, num_layers=model.num_layers, expect=expect,
+                            settings=settings)
+        except FileNotFoundError:
+            if cfg.on_missing == "roofline":  # the explicit opt-in to run without one
+                return RooflinePredictor(model, hardware)
+            raise
+
+    return load
+
+
+# The registry of predictor kinds (`predictor.kind`): adding one is a class and a line here.
+PREDICTORS = {
+    "roofline": _roofline,
+    "fitted": _artifact(FittedPredictor),
+    "cubic": _artifact(CubicPredictor),
+}
+KINDS = (*PREDICTORS, ORACLE)
 
 
 def make_predictor(cfg: PredictorConfig, model: ModelConfig, hardware: HardwareConfig,
                    engine: EngineConfig | None = None) -> Predictor:
     """The predictor a config names (`engine`: the engine it will price, when there is one;
     an artifact found by `path: auto` must have been profiled with its settings)."""
-    if cfg.kind == "roofline":
-        pred: Predictor = RooflinePredictor(model, hardware)
-    elif cfg.kind in ("fitted", "cubic"):
-        pred = _load(cfg, model, hardware, engine)
-    else:
-        raise ValueError(f"unknown predictor kind {cfg.kind!r} ({' | '.join(KINDS)})")
+    if hardware.name == AUTO_HARDWARE:
+        raise ValueError("hardware=auto is decided by the engine it runs on; without one "
+                         "(a simulation) name a preset: hardware=a800 | h100 | h200 | cpu | "
+                         "cpu_bf16")
+    make = PREDICTORS.get(cfg.kind)
+    if make is None:
+        hint = " (the simulator's: it has a truth model)" if cfg.kind == ORACLE else ""
+        raise ValueError(f"predictor.kind: {cfg.kind!r} is not one of "
+                         f"{' | '.join(PREDICTORS)}{hint}")
+    pred = make(cfg, model, hardware, engine)
     if cfg.correction > 0.0:
         pred = CorrectedPredictor(pred, OnlineCorrection(cfg.correction))
     return pred
 
 
 __all__ = [
+    "ENGINE_SETTINGS",
     "KINDS",
+    "ORACLE",
+    "PREDICTORS",
     "OP_KINDS",
     "BatchShape",
     "CorrectedPredictor",
@@ -73,9 +98,8 @@ __all__ = [
     "OnlineCorrection",
     "Predictor",
     "RooflinePredictor",
+    "UnitCosts",
     "artifact_dir",
-    "chunk_shape",
-    "job_shape",
     "make_predictor",
     "op_kind",
     "save_artifact",

@@ -1,43 +1,35 @@
-"""The predictor interface: per-operator costs, remaining prefill of a job, isolated TTFT.
+"""The predictor interface: seconds of operators, of a plan's units, of a job's remaining
+work, of a decode step, and a prompt's isolated TTFT.
 
-Owns the mapping from a `core.Job`'s progress to seconds. Subclasses only price one operator
-kind for one batch shape (`op_cost`); everything else (whole forwards, chunk schedules,
-remaining time, caching) lives here. Must not import torch, the model or the engine.
+Owns the mapping from shapes and plans to seconds. Subclasses only price one operator kind
+for one batch shape (`op_cost`; `decode_cost` where a fitted decode model exists); whole
+forwards, unit costs, remaining time and memoization live here. Must not import torch, the
+model or the engine.
 """
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 
-from flowprefill.core import Job
-from flowprefill.predictor.cost import BatchShape, ForwardCost
+from flowprefill.core import ForwardPlan, JobPlan, slice_shape
+from flowprefill.predictor.cost import BatchShape, ForwardCost, UnitCosts
 
-
-def chunk_shape(prompt_len: int, chunk_size: int, tokens_done: int) -> BatchShape:
-    """Shape of the chunk that starts at `tokens_done` of a prompt prefilled chunk by chunk."""
-    return ((min(chunk_size, prompt_len - tokens_done), tokens_done),)
-
-
-def job_shape(job: Job) -> tuple[BatchShape, int]:
-    """(shape, sequences needing logits) of the job's current forward."""
-    if job.chunk_size is None:
-        return tuple((r.prompt_len, 0) for r in job.requests), len(job.requests)
-    prompt_len = job.requests[0].prompt_len
-    shape = chunk_shape(prompt_len, job.chunk_size, job.tokens_done)
-    last = job.tokens_done + shape[0][0] >= prompt_len
-    return shape, int(last)
+_MEMO_LIMIT = 1 << 14  # distinct shapes kept per table (a long simulation sees many batches)
 
 
 class Predictor(ABC):
-    """Prices prefill work. `op_cost` is the only method a kind must implement."""
+    """Prices work. `op_cost` is the only method a kind must implement."""
 
     def __init__(self, num_layers: int) -> None:
         self.num_layers = num_layers
-        # Per-instance memo tables (batch shapes recur: every request's isolated TTFT, every
-        # chunk schedule); bounded by the number of distinct jobs of a run.
         self._forwards: dict[tuple[BatchShape, int], ForwardCost] = {}
-        self._chunk_suffix: dict[tuple[int, int], tuple[float, ...]] = {}
+        self._units: dict[ForwardPlan, UnitCosts] = {}
+        self._memo_version = self.version
+
+    @property
+    def version(self) -> int:
+        """Bumped when the costs change (an online correction); memoized costs are dropped."""
+        return 0
 
     @abstractmethod
     def op_cost(self, kind: str, shape: BatchShape, logits: int) -> float:
@@ -46,63 +38,59 @@ class Predictor(ABC):
         `logits` counts the sequences whose last position goes through lm_head in this forward.
         """
 
+    def _memo(self, table: dict) -> dict:
+        if self._memo_version != self.version:
+            self._forwards.clear()
+            self._units.clear()
+            self._memo_version = self.version
+        if len(table) > _MEMO_LIMIT:
+            table.clear()
+        return table
+
     def forward(self, shape: BatchShape, logits: int | None = None) -> ForwardCost:
-        """Per-operator costs of one forward over `shape` (logits: default one per sequence)."""
+        """Per-operator costs of one unsliced forward over `shape` (logits: one per sequence)."""
         logits = len(shape) if logits is None else logits
-        key = (shape, logits)
-        cost = self._forwards.get(key)
+        memo = self._memo(self._forwards)
+        cost = memo.get((shape, logits))
         if cost is None:
-            cost = ForwardCost(
-                embed=self.op_cost("embed", shape, logits),
-                attention=self.op_cost("attention", shape, logits),
-                mlp=self.op_cost("mlp", shape, logits),
-                final=self.op_cost("final", shape, logits),
-                num_layers=self.num_layers,
-            )
-            self._forwards[key] = cost
+            cost = ForwardCost(*(self.op_cost(k, shape, logits)
+                                 for k in ("embed", "attention", "mlp", "final")),
+                               num_layers=self.num_layers)
+            memo[(shape, logits)] = cost
         return cost
 
-    def job_forward(self, job: Job) -> ForwardCost:
-        """Costs of the forward the job is in now (the whole batch, or its current chunk)."""
-        shape, logits = job_shape(job)
-        return self.forward(shape, logits)
+    def units(self, plan: ForwardPlan) -> UnitCosts:
+        """Seconds of each unit of one forward plan (token slices priced as their own shape)."""
+        memo = self._memo(self._units)
+        cost = memo.get(plan)
+        if cost is None:
+            def slices(kind: str, bounds: tuple[int, ...]) -> tuple[float, ...]:
+                return tuple(self.op_cost(kind, slice_shape(plan.shape, a, b), plan.logits)
+                             for a, b in zip(bounds, bounds[1:], strict=False))
 
-    def chunk_forward(self, prompt_len: int, chunk_size: int, tokens_done: int) -> ForwardCost:
-        last = tokens_done + chunk_size >= prompt_len
-        return self.forward(chunk_shape(prompt_len, chunk_size, tokens_done), int(last))
+            f = self.forward(plan.shape, plan.logits)
+            attn = (f.attention,) if len(plan.attn) == 2 else slices("attention", plan.attn)
+            mlp = (f.mlp,) if len(plan.mlp) == 2 else slices("mlp", plan.mlp)
+            cost = UnitCosts(f.embed, attn, mlp, f.final, plan.num_layers)
+            memo[plan] = cost
+        return cost
 
-    def _chunk_suffix_sums(self, prompt_len: int, chunk_size: int) -> tuple[float, ...]:
-        """suffix[i] = seconds of chunks i.. of a chunked prefill (suffix[num_chunks] = 0)."""
-        key = (prompt_len, chunk_size)
-        sums = self._chunk_suffix.get(key)
-        if sums is None:
-            n = math.ceil(prompt_len / chunk_size)
-            totals = [self.chunk_forward(prompt_len, chunk_size, i * chunk_size).total
-                      for i in range(n)]
-            acc, out = 0.0, [0.0]
-            for t in reversed(totals):
-                acc += t
-                out.append(acc)
-            sums = tuple(reversed(out))
-            self._chunk_suffix[key] = sums
-        return sums
+    def remaining(self, plan: JobPlan, done: int) -> float:
+        """Predicted seconds of the units of `plan` not yet run (`done` completed)."""
+        if done >= plan.num_units:
+            return 0.0
+        p, u = plan.locate(done)
+        return self.units(plan.passes[p]).remaining(u) + sum(
+            self.units(f).total for f in plan.passes[p + 1:])
 
-    def request_cost(self, prompt_len: int, chunk_size: int | None = None) -> float:
-        """Seconds to prefill one prompt alone, whole or chunk by chunk."""
-        if chunk_size is None or chunk_size >= prompt_len:
-            return self.forward(((prompt_len, 0),), 1).total
-        return self._chunk_suffix_sums(prompt_len, chunk_size)[0]
+    def total(self, plan: JobPlan) -> float:
+        return self.remaining(plan, 0)
+
+    def decode_cost(self, shape: BatchShape) -> float:
+        """Seconds of one decode step over `shape` (one new token per sequence: ((1, cached
+        tokens), ...)): by default its forward priced by the operator models."""
+        return self.forward(shape, len(shape)).total
 
     def isolated_ttft(self, prompt_len: int) -> float:
-        """TTFT of a prompt prefilled alone on an idle worker, in one forward."""
-        return self.request_cost(prompt_len)
-
-    def remaining(self, job: Job) -> float:
-        """Predicted seconds of prefill the job still needs (operators not yet run)."""
-        current = self.job_forward(job).remaining(job.ops_done)
-        if job.chunk_size is None:
-            return current
-        prompt_len = job.requests[0].prompt_len
-        next_chunk = job.tokens_done // job.chunk_size + 1
-        suffix = self._chunk_suffix_sums(prompt_len, job.chunk_size)
-        return current + suffix[min(next_chunk, len(suffix) - 1)]
+        """TTFT of a prompt prefilled alone on an idle worker, in one unsliced forward."""
+        return self.forward(((prompt_len, 0),), 1).total

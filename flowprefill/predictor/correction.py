@@ -16,7 +16,7 @@ import statistics
 from collections.abc import Iterable
 
 from flowprefill.predictor.base import Predictor
-from flowprefill.predictor.cost import OP_KINDS, BatchShape, ForwardCost
+from flowprefill.predictor.cost import OP_KINDS, BatchShape
 
 
 def size_bucket(tokens: int) -> int:
@@ -90,34 +90,30 @@ class OnlineCorrection:
 
 
 class CorrectedPredictor(Predictor):
-    """`base`'s costs times the correction's current factors (nothing cached across updates)."""
+    """`base`'s costs times the correction's current factors; also the engine's observer of
+    unit times (`observe`), so an engine built with it feeds it and one without never pays."""
 
     def __init__(self, base: Predictor, correction: OnlineCorrection) -> None:
-        super().__init__(base.num_layers)
         self.base = base
         self.correction = correction
-        self._version = -1
+        super().__init__(base.num_layers)
+
+    @property
+    def version(self) -> int:
+        return self.correction.version
 
     def op_cost(self, kind: str, shape: BatchShape, logits: int) -> float:
         tokens = sum(n for n, _ in shape)
         return self.base.op_cost(kind, shape, logits) * self.correction.factor(kind, tokens)
 
-    def forward(self, shape: BatchShape, logits: int | None = None) -> ForwardCost:
-        f = self.base.forward(shape, logits)  # memoized by the base
-        tokens = sum(n for n, _ in shape)
-        c = self.correction
-        return ForwardCost(embed=f.embed * c.factor("embed", tokens),
-                           attention=f.attention * c.factor("attention", tokens),
-                           mlp=f.mlp * c.factor("mlp", tokens),
-                           final=f.final * c.factor("final", tokens), num_layers=f.num_layers)
-
-    def _chunk_suffix_sums(self, prompt_len: int, chunk_size: int) -> tuple[float, ...]:
-        if self._version != self.correction.version:  # ratios moved: memoized sums are stale
-            self._chunk_suffix.clear()
-            self._version = self.correction.version
-        return super()._chunk_suffix_sums(prompt_len, chunk_size)
+    def decode_cost(self, shape: BatchShape) -> float:
+        return self.base.decode_cost(shape) * self.correction.factor("decode", len(shape))
 
     def observe(self, kind: str, shape: BatchShape, logits: int, measured: float) -> None:
-        """One whole operator of `kind` over `shape` took `measured` seconds."""
-        predicted = getattr(self.base.forward(shape, logits), kind)
-        self.correction.observe(kind, sum(n for n, _ in shape), measured, predicted)
+        """One unit (an operator of `kind`, or a token slice of one, over `shape`; or a decode
+        step, kind "decode") took `measured` seconds on the device."""
+        if kind == "decode":  # a decode step's size is its batch
+            predicted, tokens = self.base.decode_cost(shape), len(shape)
+        else:
+            predicted, tokens = self.base.op_cost(kind, shape, logits), sum(n for n, _ in shape)
+        self.correction.observe(kind, tokens, measured, predicted)

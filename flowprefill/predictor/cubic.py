@@ -16,13 +16,15 @@ Must not import torch.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from flowprefill.predictor.base import Predictor
 from flowprefill.predictor.cost import BatchShape
+from flowprefill.predictor.fitted import check_identity
 
 CUBIC_FORMAT = "flowprefill-cubic"
 CUBIC_VERSION = 1
@@ -59,7 +61,14 @@ class CubicPredictor(Predictor):
         self.coefs = [float(c) for c in coefs]
 
     @classmethod
-    def load(cls, path: str | Path, num_layers: int | None = None) -> CubicPredictor:
+    def load(cls, path: str | Path | None, num_layers: int | None = None,
+             expect: Mapping[str, Any] | None = None,
+             settings: Mapping[str, Any] | None = None) -> CubicPredictor:
+        """As `FittedPredictor.load`: the layers, `expect` (model, hardware) and the engine
+        `settings` (when the file records them) must match."""
+        if path is None:
+            raise FileNotFoundError("predictor=cubic needs predictor.path (the directory "
+                                    "train_predictor.py wrote, or `auto`)")
         p = Path(path)
         if p.is_dir() or p.name != CUBIC_FILENAME:
             p = (p if p.is_dir() else p.parent) / CUBIC_FILENAME
@@ -69,9 +78,7 @@ class CubicPredictor(Predictor):
         data = json.loads(p.read_text())
         if data.get("format") != CUBIC_FORMAT or data.get("version") != CUBIC_VERSION:
             raise ValueError(f"{p}: not a version-{CUBIC_VERSION} cubic baseline")
-        if num_layers is not None and data.get("num_layers") != num_layers:
-            raise ValueError(f"{p}: fitted for {data.get('num_layers')} layers "
-                             f"({data.get('model')}), the model has {num_layers}")
+        check_identity(p, data, num_layers, expect, settings)
         return cls(data["coefs"], int(data["num_layers"]))
 
     def ttft(self, prompt_len: float) -> float:

@@ -30,8 +30,10 @@ from flowprefill.predictor.cost import BatchShape
 PROFILE_FILENAME = "profile.jsonl"
 CASES = ("prompt", "batch", "chunk", "decode")
 # Settings a profile and the run reading it must agree on (a mixed file is an error).
-IDENTITY = ("model", "num_layers", "device", "dtype", "compile", "attention", "hardware",
-            "threads", "clock", "timed_on")
+# engine settings a profile records and `predictor.path=auto` must match (they change the
+# costs); the one list, which the identity here and the artifact's settings extend
+ENGINE_SETTINGS = ("device", "dtype", "compile", "attention", "threads")
+IDENTITY = ("model", "num_layers", "hardware", *ENGINE_SETTINGS, "clock", "timed_on")
 
 
 @dataclass(frozen=True)

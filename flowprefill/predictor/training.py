@@ -25,9 +25,10 @@ from flowprefill.predictor.fit import (
     mape,
 )
 from flowprefill.predictor.fitted import FittedPredictor, save_artifact
-from flowprefill.predictor.profile_data import Sample
+from flowprefill.predictor.profile_data import ENGINE_SETTINGS, Sample
 
-SETTINGS_KEYS = ("device", "dtype", "compile", "attention", "threads", "clock")
+# what an artifact records of the profiled engine: its settings and how it was timed
+SETTINGS_KEYS = (*ENGINE_SETTINGS, "clock")
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,11 @@ class WaitQueue:
     def __len__(self) -> int:
         return len(self._ready) + len(self._demoted)
 
+    @property
+    def num_ready(self) -> int:
+        """Entries not demoted (some may be found late, and demoted, when they surface)."""
+        return len(self._ready)
+
     def __contains__(self, ident: Hashable) -> bool:
         return ident in self._ready or ident in self._demoted
 

@@ -1,50 +1,65 @@
-"""The event-driven scheduler: a pure state machine `on_event(event, now) -> Decision`.
+"""The event-driven scheduler: a pure state machine `on_events(events, now) -> Decision`.
 
-Owns waiting requests, the running job and suspended jobs, and every policy rule (order,
-preemption granularity, batching, KV admission, dropping). Never reads a clock, never
-touches tensors; the engine and the simulator drive it identically and advance each job's
-`ops_done` / `tokens_done` themselves. Must not import torch, the model or the executor.
+Owns waiting requests, the running prefill job, suspended jobs, the decoding sequences and
+every policy rule (order, preemption granularity, unit plans, batching, KV admission,
+dropping, late work, when decode steps run). Never reads a clock, never touches tensors, and
+its state is its own: progress comes in events, decisions go out. The engine and the
+simulator drive it identically. Must not import torch, the model or the executor.
 
-When it may switch jobs: on Completion (always); on Arrival with granularity operator/layer
-(the engine applies the decision at the boundary where it saw the arrival); on Boundary (a
-chunk ended) with granularity chunk; never otherwise.
+When prefill may switch jobs: on Completion (always); on Arrival or DecodeDone with
+granularity operator/layer (the engine applies the decision at the preemption point where it
+saw the event); at the end of a chunk with granularity chunk; when nothing runs.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Iterable
 
 from flowprefill.config import PolicyConfig
 from flowprefill.core import (
     Abort,
     Arrival,
-    Boundary,
     Completion,
     Decision,
+    DecodeDone,
     Event,
     Granularity,
+    Handoff,
     Job,
+    Progress,
+    Rejection,
     Request,
-    RequestState,
 )
 from flowprefill.predictor import Predictor
+from flowprefill.predictor.plan import Planner
 from flowprefill.scheduler.batching import MAX_SCAN, form_batch
+from flowprefill.scheduler.decoding import DecodeSet
 from flowprefill.scheduler.dropping import moore_hodgson
 from flowprefill.scheduler.kv import KVView, blocks_for
+from flowprefill.scheduler.load import Load
 from flowprefill.scheduler.orders import get_order
 from flowprefill.scheduler.queue import Waiting, WaitQueue
+from flowprefill.scheduler.trace import summarize
 
 DROPS = ("demote", "moore_hodgson")
+LOAD_WINDOW_S = 10.0  # how far back the load estimate that paces late work looks
 Rank = tuple[float, ...]
+SLO_MISS = "the scheduler predicts it cannot meet its TTFT SLO"
 
 
 class Scheduler:
     """Construct with a policy, a predictor and (optionally) a KV view; feed it events.
 
-    `running` is the job the device should be executing; `num_waiting` / `num_suspended`
-    count the rest. The engine advances `running.ops_done` / `tokens_done` before each call.
+    `max_unit_s`: operators predicted longer than this are split into token slices (operator
+    granularity). `decode`: this worker decodes the requests it prefills (colocated); False
+    for a PD prefill worker, whose requests leave after their first token. `trace`: keep
+    every call's events and decision (the decision log the engine and the simulator share).
     """
 
-    def __init__(self, policy: PolicyConfig, predictor: Predictor,
-                 kv: KVView | None = None) -> None:
+    def __init__(self, policy: PolicyConfig, predictor: Predictor, kv: KVView | None = None,
+                 *, max_unit_s: float = 0.0, decode: bool = False, decode_batch: int = 64,
+                 trace: bool = False) -> None:
         if policy.drop not in DROPS:
             raise ValueError(f"unknown policy.drop {policy.drop!r}; known: {DROPS}")
         self.cfg = policy
@@ -52,33 +67,56 @@ class Scheduler:
         self.kv = kv
         self.order = get_order(policy.order)
         self.granularity = Granularity(policy.granularity)
+        self.planner = Planner(predictor, self.granularity, policy.chunk_size, max_unit_s)
         self.queue = WaitQueue(self.order.slack_aware, reject_late=policy.reject)  # requests
         self.paused = WaitQueue(self.order.slack_aware, reject_late=policy.reject)  # jobs
+        self.decoding = DecodeSet(decode_batch) if decode else None
         self.running: Job | None = None
+        self.trace: list[tuple] | None = [] if trace else None
+        self._done: dict[int, int] = {}  # job id -> units completed (as last reported)
         self._job_of: dict[str, Job] = {}  # request id -> its running or suspended job
         self._job_rank: dict[int, tuple[Rank, int]] = {}  # job id -> (static key, seq)
+        self._aborted: set[str] = set()  # requests aborted inside a running/suspended job
         self._demoted_jobs: set[int] = set()  # dropped by Moore-Hodgson, kept (demoted)
         self._next_job_id = 0
         self._next_seq = 0
-        self._rejected: list[str] = []  # reported (and cleared) by the next decision
+        self._rejected: list[Rejection] = []  # reported (and cleared) by the next decision
         self._dropped: list[int] = []
+        self._new_blocks = 0  # blocks of a job started by the decision being made
+        self.load = Load(LOAD_WINDOW_S)  # recent prefill work arriving per second
 
     # ------------------------------------------------------------------ events
 
     def on_event(self, event: Event, now: float) -> Decision:
-        if isinstance(event, Arrival):
-            self._admit(event.request, now)
-            preempts = self.granularity in (Granularity.OPERATOR, Granularity.LAYER)
-            return self._decide(now, may_preempt=preempts or self.running is None)
-        if isinstance(event, Completion):
-            self._finish(event.job_id)
-            return self._decide(now, may_preempt=True)
-        if isinstance(event, Boundary):
-            return self._decide(now, may_preempt=self.granularity == Granularity.CHUNK)
-        if isinstance(event, Abort):
-            self._abort(event.request_id)
-            return self._decide(now, may_preempt=self.running is None)
-        raise TypeError(f"unknown event {event!r}")
+        return self.on_events((event,), now)
+
+    def on_events(self, events: Iterable[Event], now: float) -> Decision:
+        """Apply everything that happened since the last call, then decide once."""
+        events = tuple(events)
+        preempts = self.granularity in (Granularity.OPERATOR, Granularity.LAYER)
+        may_switch = False
+        for e in events:
+            if isinstance(e, Arrival):
+                self._admit(e.request)
+                may_switch |= preempts
+            elif isinstance(e, Progress):
+                may_switch |= self._progress(e)
+            elif isinstance(e, Completion):
+                self._finish(e, now)
+                may_switch = True
+            elif isinstance(e, DecodeDone):
+                self._require_decode().stepped(now, e.finished)
+                may_switch |= preempts
+            elif isinstance(e, Handoff):
+                self._require_decode().join(e.request, now)
+            elif isinstance(e, Abort):
+                self._abort(e.request_id)
+            else:
+                raise TypeError(f"unknown event {e!r}")
+        d = self._decide(now, may_switch or self.running is None)
+        if self.trace is not None:
+            self.trace.append((now, tuple(summarize(e) for e in events), summarize(d)))
+        return d
 
     @property
     def num_waiting(self) -> int:
@@ -88,73 +126,87 @@ class Scheduler:
     def num_suspended(self) -> int:
         return len(self.paused)
 
+    def done(self, job: Job) -> int:
+        """Units of `job` completed, as last reported."""
+        return self._done.get(job.job_id, 0)
+
     # ------------------------------------------------------------------ state changes
 
-    def _admit(self, r: Request, now: float) -> None:
+    def _require_decode(self) -> DecodeSet:
+        if self.decoding is None:
+            raise RuntimeError("decode events reached a scheduler that does not decode")
+        return self.decoding
+
+    def _admit(self, r: Request) -> None:
         if self.kv is not None and self._blocks(r) > self.kv.total_blocks():
-            self._rejected.append(r.request_id)  # could never fit
-            r.state = RequestState.ABORTED
+            self._rejected.append(Rejection(
+                r.request_id, f"the prompt needs {self._blocks(r)} KV blocks; the pool has "
+                f"{self.kv.total_blocks()}"))
             return
-        chunk = self.cfg.chunk_size if self.granularity == Granularity.CHUNK else None
-        cost = self.predictor.request_cost(r.prompt_len, chunk)
+        cost = self.predictor.total(self.planner.plan((r.prompt_len,)))
+        self.load.add(r.arrival, cost)
         key = self.order.key(r.arrival, r.deadline, r.slo.slo_class, self.cfg)
         self.queue.push(Waiting(r, r.request_id, key, self._next_seq, r.deadline, cost,
                                 r.deadline - cost))
         self._next_seq += 1
-        r.state = RequestState.WAITING
 
-    def _finish(self, job_id: int) -> None:
+    def _progress(self, e: Progress) -> bool:
+        """Record a running job's progress; True at the end of a chunk (a chunk-level point)."""
         job = self.running
-        if job is None or job.job_id != job_id:
-            raise RuntimeError(f"completion of job {job_id}, which is not running")
-        for r in job.requests:
-            if r.state != RequestState.ABORTED:
-                r.state = RequestState.DECODING
+        if job is None or job.job_id != e.job_id:
+            raise RuntimeError(f"progress of job {e.job_id}, which is not running")
+        self._done[e.job_id] = e.done
+        return self.granularity is Granularity.CHUNK and job.plan.pass_end(e.done)
+
+    def _finish(self, e: Completion, now: float) -> None:
+        job = self.running
+        if job is None or job.job_id != e.job_id:
+            raise RuntimeError(f"completion of job {e.job_id}, which is not running")
+        if self.decoding is not None:
+            ended = set(e.finished) | self._aborted
+            for r in job.requests:
+                if r.request_id not in ended:
+                    self.decoding.join(r, now)
         self._forget(job)
-        self.running = None
 
     def _forget(self, job: Job) -> None:
         for rid in job.request_ids:
             self._job_of.pop(rid, None)
+            self._aborted.discard(rid)
         self._job_rank.pop(job.job_id, None)
+        self._done.pop(job.job_id, None)
         self._demoted_jobs.discard(job.job_id)
         self.paused.remove(job.job_id)
         if self.running is job:
             self.running = None
 
-    def _drop_job(self, job: Job, state: RequestState) -> None:
-        for r in job.requests:
-            r.state = state
+    def _drop_job(self, job: Job) -> None:
         self._forget(job)
         self._dropped.append(job.job_id)
 
     def _reject_job(self, job: Job) -> None:
-        self._rejected.extend(job.request_ids)
-        self._drop_job(job, RequestState.ABORTED)
+        self._rejected.extend(Rejection(rid, SLO_MISS) for rid in job.request_ids)
+        self._drop_job(job)
 
     def _abort(self, request_id: str) -> None:
-        item = self.queue.remove(request_id)
-        if item is not None:
-            item.request.state = RequestState.ABORTED
+        if self.queue.remove(request_id) is not None:
+            return
+        if self.decoding is not None and self.decoding.leave(request_id):
             return
         job = self._job_of.get(request_id)
         if job is None:
             return
-        for r in job.requests:
-            if r.request_id == request_id:
-                r.state = RequestState.ABORTED
-        if all(r.state == RequestState.ABORTED for r in job.requests):
-            self._drop_job(job, RequestState.ABORTED)
+        self._aborted.add(request_id)
+        if all(rid in self._aborted for rid in job.request_ids):
+            self._drop_job(job)
 
     def _suspend(self, job: Job) -> None:
         key, seq = self._job_rank[job.job_id]
-        cost = self.predictor.remaining(job)
+        cost = self.predictor.remaining(job.plan, self.done(job))
         deadline = job.deadline
         self.paused.push(Waiting(job, job.job_id, key, seq, deadline, cost, deadline - cost))
         if job.job_id in self._demoted_jobs:
             self.paused.demote(job.job_id)
-        for r in job.requests:
-            r.state = RequestState.SUSPENDED
 
     # ------------------------------------------------------------------ ranking
 
@@ -162,92 +214,158 @@ class Scheduler:
         return blocks_for(r.prompt_len, self.kv.block_size) if self.kv else 0
 
     def _fits(self, r: Request) -> bool:
-        return self.kv is None or self._blocks(r) <= self.kv.free_blocks()
+        """Its KV fits beside everything held, leaving the next decode step its new blocks."""
+        if self.kv is None:
+            return True
+        growth = self.decoding.growth(self.kv.block_size) if self.decoding else 0
+        return self._blocks(r) <= self.kv.free_blocks() - growth
+
+    def _late(self, job: Job, now: float) -> bool:
+        return job.job_id in self._demoted_jobs or (
+            self.order.slack_aware
+            and now + self.predictor.remaining(job.plan, self.done(job)) > job.deadline)
+
+    def _rank_running(self, job: Job, now: float) -> Rank:
+        key, seq = self._job_rank[job.job_id]
+        return (float(self._late(job, now)), *key, seq)
 
     @staticmethod
     def _rank(queue: WaitQueue, item: Waiting) -> Rank:
         return (float(queue.is_demoted(item.ident)), *item.key, item.seq)
 
-    def _rank_running(self, job: Job, now: float) -> Rank:
-        key, seq = self._job_rank[job.job_id]
-        late = job.job_id in self._demoted_jobs or (
-            self.order.slack_aware and now + self.predictor.remaining(job) > job.deadline)
-        return (float(late), *key, seq)
-
     # ------------------------------------------------------------------ deciding
 
-    def _decide(self, now: float, may_preempt: bool) -> Decision:
+    def _decide(self, now: float, may_switch: bool) -> Decision:
         suspend: tuple[int, ...] = ()
-        if may_preempt:
+        self._new_blocks = 0
+        if may_switch:
             if self.cfg.drop == "moore_hodgson":
                 self._moore_hodgson(now)
             suspend = self._switch(now)
-        self._rejected.extend(r.request_id for r in self.queue.late)
+        self._rejected.extend(Rejection(r.request_id, SLO_MISS) for r in self.queue.late)
         self.queue.late.clear()
         for job in self.paused.late:
             self._reject_job(job)
         self.paused.late.clear()
-        decision = Decision(run=self.running, suspend=suspend, drop=tuple(self._dropped),
-                            rejected=tuple(self._rejected))
+        decode, decode_at, evict = self._decode_plan(now)
+        d = Decision(run=self.running, suspend=suspend, drop=tuple(self._dropped),
+                     rejected=tuple(self._rejected), decode=decode, decode_at=decode_at,
+                     evict=evict)
         self._rejected.clear()
         self._dropped.clear()
-        return decision
+        return d
 
     def _switch(self, now: float) -> tuple[int, ...]:
-        """Run the best of: the running job, the best suspended job, a new batch."""
+        """Run the best of: the running job, the best suspended job, a new batch; a late one
+        goes first when the feasible work it would delay has the slack to absorb it."""
         current = self.running
-        paused = self.paused.ordered(now, 1)
-        candidates = self.queue.ordered(now, MAX_SCAN)
-        head_at = next((i for i, w in enumerate(candidates) if self._fits(w.request)), None)
-        options: list[tuple[Rank, str]] = []
+        paused = self.paused.ordered(now, MAX_SCAN)
+        waiting = self.queue.ordered(now, MAX_SCAN)
+        fitting = [w for w in waiting if self._fits(w.request)]
+        # (rank, what, the object, predicted seconds)
+        options: list[tuple[Rank, str, object, float]] = []
         if current is not None:
-            options.append((self._rank_running(current, now), "current"))
-        if paused:
-            options.append((self._rank(self.paused, paused[0]), "resume"))
-        if head_at is not None:
-            options.append((self._rank(self.queue, candidates[head_at]), "new"))
+            rem = self.predictor.remaining(current.plan, self.done(current))
+            options.append((self._rank_running(current, now), "current", current, rem))
+        for w in paused[:1] + [w for w in paused[1:] if self.paused.is_demoted(w.ident)][:1]:
+            options.append((self._rank(self.paused, w), "resume", w.obj, w.cost))
+        for w in fitting[:1] + [w for w in fitting[1:] if self.queue.is_demoted(w.ident)][:1]:
+            options.append((self._rank(self.queue, w), "new", w, w.cost))
         if not options:
             return ()
-        choice = min(options)[1]
-        if choice == "current":
+        options.sort(key=lambda o: o[0])
+        choice = options[0]
+        share = self.cfg.absorb_late * max(0.0, 1.0 - self.load.at(now))
+        if self.order.slack_aware and share > 0 and choice[0][0] == 0.0:
+            late = next((o for o in options if o[0][0] == 1.0), None)
+            if late is not None and late[3] <= share * self._absorbable(now, current, paused,
+                                                                         fitting):
+                choice = late
+        _, what, obj, _ = choice
+        if what == "current":
             return ()
         suspend: tuple[int, ...] = ()
         if current is not None:
             self._suspend(current)
             suspend = (current.job_id,)
-        if choice == "resume":
-            job = paused[0].obj
-            self.paused.remove(job.job_id)
+        if what == "resume":
+            self.paused.remove(obj.job_id)
+            self.running = obj
         else:
-            rest = [w.request for w in candidates[head_at + 1:]]
-            job = self._new_job(candidates[head_at].request, rest, now)
-        for r in job.requests:
-            r.state = RequestState.PREFILLING
-        self.running = job
+            head_at = fitting.index(obj)
+            self.running = self._new_job(obj.request, [w.request for w in fitting[head_at + 1:]],
+                                         now)
         return suspend
 
+    def _absorbable(self, now: float, current: Job | None, paused: list[Waiting],
+                    waiting: list[Waiting]) -> float:
+        """Seconds the feasible work can be delayed without any of it missing: the least slack
+        over it run earliest-deadline-first from now (inf when there is none). Looks at the
+        running job and at most MAX_SCAN suspended jobs and waiting requests; with more than
+        that feasible, it cannot tell and answers -inf (nothing is absorbed)."""
+        if self.queue.num_ready > MAX_SCAN or self.paused.num_ready > MAX_SCAN:
+            return -math.inf
+        work = [(w.deadline, w.cost) for w in paused if not self.paused.is_demoted(w.ident)]
+        work += [(w.deadline, w.cost) for w in waiting if not self.queue.is_demoted(w.ident)]
+        if current is not None and not self._late(current, now):
+            work.append((current.deadline, self.predictor.remaining(current.plan,
+                                                                    self.done(current))))
+        slack, t = math.inf, now
+        for deadline, cost in sorted(work):
+            t += cost
+            slack = min(slack, deadline - t)
+        return slack
+
     def _new_job(self, head: Request, rest: list[Request], now: float) -> Job:
-        chunked = self.granularity == Granularity.CHUNK and head.prompt_len > self.cfg.chunk_size
-        if chunked:
+        if self.planner.chunked(head.prompt_len):
             batch = [head]
         else:
-            free = self.kv.free_blocks() if self.kv else None
+            free = None
+            if self.kv is not None:
+                growth = self.decoding.growth(self.kv.block_size) if self.decoding else 0
+                free = self.kv.free_blocks() - growth
             bs = self.kv.block_size if self.kv else 1
             batch = form_batch(head, rest, now, self.cfg, self.predictor, free, bs)
-        job = Job(self._next_job_id, tuple(batch), self.cfg.chunk_size if chunked else None)
+        plan = self.planner.plan([r.prompt_len for r in batch])
+        chunk = self.cfg.chunk_size if self.planner.chunked(head.prompt_len) else None
+        job = Job(self._next_job_id, tuple(batch), plan, chunk)
         self._next_job_id += 1
         items = [self.queue.remove(r.request_id) for r in batch]
         self._job_rank[job.job_id] = (min(w.key for w in items), min(w.seq for w in items))
         for r in batch:
             self._job_of[r.request_id] = job
+        self._new_blocks = sum(self._blocks(r) for r in batch)
         return job
+
+    def _decode_plan(self, now: float) -> tuple[tuple[str, ...], float, tuple[str, ...]]:
+        """(the next decode step's sequences, when it runs, sequences to evict first)."""
+        if self.decoding is None or not self.decoding:
+            return (), math.inf, ()
+        evict: tuple[str, ...] = ()
+        if self.kv is not None:
+            free = self.kv.free_blocks() - self._new_blocks
+            evict = self.decoding.evict_for(free, self.kv.block_size)
+        batch = self.decoding.batch()
+        if not batch:
+            return (), math.inf, evict
+        ids = tuple(s.request.request_id for s in batch)
+        job = self.running
+        if job is None:
+            return ids, now, evict
+        # As late as every sequence's next-token deadline allows: the step's own cost and the
+        # longest unit of the running job (a switch waits for the unit in flight) before it.
+        step = self.predictor.decode_cost(tuple((1, s.context) for s in batch))
+        p, _ = job.plan.locate(min(self.done(job), job.plan.num_units - 1))
+        guard = self.predictor.units(job.plan.passes[p]).longest
+        return ids, min(s.deadline for s in batch) - step - guard, evict
 
     def _moore_hodgson(self, now: float) -> None:
         """Drop (demote, or reject) the work Moore-Hodgson sacrifices to meet most deadlines."""
         items: list[tuple[float, float, tuple[str, object]]] = []
         job = self.running
         if job is not None and job.job_id not in self._demoted_jobs:
-            items.append((job.deadline, self.predictor.remaining(job), ("run", job)))
+            items.append((job.deadline, self.predictor.remaining(job.plan, self.done(job)),
+                          ("run", job)))
         for w in self.paused.ready():
             items.append((w.deadline, w.cost, ("job", w.obj)))
         for w in self.queue.ready():
@@ -256,8 +374,7 @@ class Scheduler:
             if kind == "req":
                 if self.cfg.reject:
                     self.queue.remove(obj.request_id)
-                    obj.state = RequestState.ABORTED
-                    self._rejected.append(obj.request_id)
+                    self._rejected.append(Rejection(obj.request_id, SLO_MISS))
                 else:
                     self.queue.demote(obj.request_id)
             elif self.cfg.reject:

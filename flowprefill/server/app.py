@@ -7,7 +7,6 @@ the engine only through `flowprefill.engine.api.EngineClient`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import time
@@ -25,6 +24,7 @@ from flowprefill.server import protocol as P
 from flowprefill.server.guards import Admission, Guards, resolve_api_key
 from flowprefill.server.outputs import TextStream
 from flowprefill.server.prom import Counter, Histogram, render_gauges
+from flowprefill.server.tasks import GONE, until_disconnect
 
 
 class APIError(Exception):
@@ -242,22 +242,7 @@ def build_app(engine: EngineClient, cfg: ServerConfig) -> FastAPI:
             use = P.usage(request.prompt_len, last[1])
             return shape(request.request_id, model, "".join(texts), last[0], use)
 
-        work = asyncio.ensure_future(run())
-        gone = asyncio.ensure_future(_disconnected(raw))
-        done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-        if work not in done:  # the client went away: cancelling `work` aborts the request
-            work.cancel()
-            await asyncio.gather(work, return_exceptions=True)
-            return Response(status_code=499)
-        gone.cancel()
-        return JSONResponse(work.result())
+        body = await until_disconnect(raw, run())  # a client gone: the request is aborted
+        return Response(status_code=499) if body is GONE else JSONResponse(body)
 
     return app
-
-
-async def _disconnected(raw: HTTPRequest) -> None:
-    """Returns when the client closes the connection (the body is already read)."""
-    while True:
-        message = await raw.receive()
-        if message["type"] == "http.disconnect":
-            return

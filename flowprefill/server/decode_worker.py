@@ -29,6 +29,7 @@ from flowprefill.server.pd_wire import (
     sampling_from_wire,
     worker_app,
 )
+from flowprefill.server.tasks import BackgroundTasks
 
 log = logging.getLogger("flowprefill.decode_worker")
 
@@ -43,7 +44,7 @@ class DecodeWorker:
         self.http = httpx.AsyncClient(timeout=5.0, headers=headers or {})  # secret for peers
         self.peers: dict[str, str] = {}  # prefill URL -> its agent's name
         self.transfers = self.transfer_bytes = self.transfer_failures = self.recomputes = 0
-        self._tasks: set[asyncio.Task] = set()  # fire-and-forget releases, kept referenced
+        self._tasks = BackgroundTasks()  # fire-and-forget releases
         self._peer_lock = asyncio.Lock()
 
     async def _peer(self, url: str, agent_name: str) -> str:
@@ -67,9 +68,7 @@ class DecodeWorker:
         return agent_name
 
     def _release_remote(self, url: str, rid: str) -> None:
-        task = asyncio.ensure_future(self._post(url + "/internal/kv/release", rid))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._post(url + "/internal/kv/release", rid))
 
     async def _post(self, url: str, rid: str) -> None:
         try:
@@ -78,7 +77,8 @@ class DecodeWorker:
             log.warning("release of %s at %s failed: %s", rid, url, e)
 
     async def _pull(self, request, src: dict) -> tuple[int, float]:
-        """Reserve and fill the request's KV; returns (bytes, seconds)."""
+        """Reserve and fill the request's KV; returns (bytes, seconds), seconds < 0 when the
+        pull failed and the request must be prefilled here again."""
         rid = request.request_id
         try:
             local = self.engine.reserve(rid, src["num_tokens"])
@@ -95,8 +95,7 @@ class DecodeWorker:
                 raise TransferError(f"KV transfer from {src['url']} failed: {e}") from e
             log.warning("pull of %s failed (%s); recomputing its prefill here", rid, e)
             self.recomputes += 1
-            await asyncio.to_thread(self.engine.recompute, request)
-            return 0, 0.0
+            return 0, -1.0  # no KV arrived: the engine prefills it again
         except BaseException:
             self.engine.runner.free(rid)
             raise
@@ -117,7 +116,8 @@ class DecodeWorker:
             yield _line({"token_id": None, "finish_reason": "error", "error": str(e)})
             return
         stream = self.engine.resume(request, sampling, body["first_token"],
-                                    base64.b64decode(state) if state else None)
+                                    base64.b64decode(state) if state else None,
+                                    recompute=secs < 0)
         try:  # from here the decode loop owns the blocks; an abort is what frees them
             yield _line({"kv": {"bytes": nbytes, "seconds": secs}})
             async for out in self.engine.outputs(stream):
@@ -127,6 +127,11 @@ class DecodeWorker:
             if not stream.finished:
                 self.engine.abort(request.request_id)
             self.engine.streams.pop(request.request_id, None)
+
+    async def close(self) -> None:
+        """Let the releases on their way reach the prefill workers, then close the client."""
+        await self._tasks.drain()
+        await self.http.aclose()
 
     def stats(self) -> dict:
         return {**self.engine.stats(), "transfers": self.transfers,

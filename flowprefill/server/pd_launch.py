@@ -57,6 +57,7 @@ class WorkerProc:
     host: str
     port: int
     proc: subprocess.Popen
+    devices: str | None = None  # its CUDA_VISIBLE_DEVICES (None: inherited)
     restarts: int = 0
 
     @property
@@ -86,16 +87,19 @@ class WorkerGroup:
         self._lock = threading.Lock()  # spawning vs stopping
         self._supervisor: threading.Thread | None = None
 
-    def _popen(self, role: str, host: str, port: int) -> subprocess.Popen:
+    def _popen(self, role: str, host: str, port: int, devices: str | None) -> subprocess.Popen:
         args = [sys.executable, str(SERVE), f"--config-path={self._dir}",
                 "--config-name=worker", f"deploy.role={role}", f"deploy.port={port}",
                 f"deploy.worker_host={host}", f"hydra.run.dir={self._dir}",
                 "hydra.output_subdir=null"]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if devices is not None:  # the worker sees only its own GPU(s), as device 0 (1, ...)
+            env["CUDA_VISIBLE_DEVICES"] = devices
         return subprocess.Popen(args, preexec_fn=_die_with_parent,  # noqa: PLW1509
-                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                env=env)
 
-    def spawn(self, role: str, host: str, port: int) -> WorkerProc:
-        w = WorkerProc(role, host, port, self._popen(role, host, port))
+    def spawn(self, role: str, host: str, port: int, devices: str | None = None) -> WorkerProc:
+        w = WorkerProc(role, host, port, self._popen(role, host, port, devices), devices)
         self.procs.append(w)
         log.info("started %s worker pid %d on %s", role, w.proc.pid, w.url)
         return w
@@ -130,7 +134,7 @@ class WorkerGroup:
                     with self._lock:  # (its death signal follows this thread: it lives
                         if self._stopping.is_set():  # until stop(), which stops it anyway)
                             return
-                        w.proc = self._popen(w.role, w.host, w.port)
+                        w.proc = self._popen(w.role, w.host, w.port, w.devices)
                     w.restarts += 1
                     log.warning("restarted %s worker on %s as pid %d (restart %d of %d)",
                                 w.role, w.url, w.proc.pid, w.restarts, self.max_restarts)

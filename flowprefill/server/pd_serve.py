@@ -16,6 +16,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 
 from flowprefill.config import (
+    AUTO_HARDWARE,
     DeployConfig,
     EngineConfig,
     HardwareConfig,
@@ -23,6 +24,8 @@ from flowprefill.config import (
     PolicyConfig,
     PredictorConfig,
     ServerConfig,
+    from_hydra,
+    load_option,
 )
 from flowprefill.server.guards import bearer, internal_secret
 
@@ -52,6 +55,18 @@ async def _serve(app, host: str, port: int, grace: float,
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def worker_devices(deploy: DeployConfig) -> list[str | None]:
+    """Each worker's CUDA_VISIBLE_DEVICES, prefill workers first (None: all, inherited)."""
+    out: list[str | None] = []
+    for role, n, devs in (("prefill", deploy.prefill_workers, deploy.prefill_devices),
+                          ("decode", deploy.decode_workers, deploy.decode_devices)):
+        if devs and len(devs) != n:
+            raise ValueError(f"deploy.{role}_devices names {len(devs)} device set(s) for "
+                             f"deploy.{role}_workers={n} workers")
+        out += [str(d) for d in devs] if devs else [None] * n
+    return out
 
 
 def serve_prefill(model: ModelConfig, engine: EngineConfig, policy: PolicyConfig,
@@ -104,7 +119,7 @@ def serve_decode(model: ModelConfig, engine: EngineConfig, policy: PolicyConfig,
             await _serve(guarded(build_decode_app(worker), deploy), deploy.worker_host,
                          deploy.port, grace)
         finally:
-            await worker.http.aclose()
+            await worker.close()
 
     try:
         asyncio.run(main())
@@ -128,13 +143,15 @@ def serve_proxy(model: ModelConfig, predictor: PredictorConfig, hardware: Hardwa
     from flowprefill.server.proxy import ProxyEngine
 
     tokenizer = load_tokenizer(model)
-    cost = make_predictor(predictor, model, hardware)
     if before is not None:
         before()
     # The model as the workers resolved it (a checkpoint's config.json wins over the preset)
     headers = bearer(deploy.secret)
     info = httpx.get(prefill_urls[0].rstrip("/") + "/internal/info", timeout=10.0,
                      headers=headers).json()
+    if hardware.name == AUTO_HARDWARE:  # priced as the workers are: their machine's preset
+        hardware = from_hydra(HardwareConfig, load_option("hardware", info["hardware"]))
+    cost = make_predictor(predictor, model, hardware)
     router = Router(prefill_urls, decode_urls, cost.isolated_ttft)
     proxy = ProxyEngine(router, tokenizer, info["model"], info["max_model_len"],
                         info["vocab_size"], deploy.health_interval, headers)
@@ -191,10 +208,11 @@ def _run_all(configs: dict, max_decode_batch: int) -> None:
     deploy: DeployConfig = configs["deploy"]
     group = WorkerGroup(configs, max_decode_batch, deploy.max_restarts, deploy.restart_delay)
     roles = ["prefill"] * deploy.prefill_workers + ["decode"] * deploy.decode_workers
+    devices = worker_devices(deploy)
     try:
         for i, role in enumerate(roles):
             port = deploy.base_port + i if deploy.base_port else free_port(deploy.worker_host)
-            group.spawn(role, deploy.worker_host, port)
+            group.spawn(role, deploy.worker_host, port, devices[i])
         urls = {r: [w.url for w in group.procs if w.role == r] for r in ("prefill", "decode")}
 
         def ready() -> None:

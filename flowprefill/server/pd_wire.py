@@ -13,7 +13,6 @@ import os
 from collections.abc import Callable
 
 from fastapi import FastAPI
-from fastapi import Request as HTTPRequest
 
 from flowprefill.core import SLO, Request
 from flowprefill.engine.api import SamplingParams
@@ -47,12 +46,6 @@ def sampling_from_wire(d: dict) -> SamplingParams:
     return SamplingParams(**d)
 
 
-async def wait_disconnect(raw: HTTPRequest) -> None:
-    """Returns when the peer closes the connection (the body is already read)."""
-    while (await raw.receive())["type"] != "http.disconnect":
-        pass
-
-
 def worker_app(role: str, engine, agent_name: str, stats: Callable[[], dict]) -> FastAPI:
     """The endpoints every PD worker has: /health, /internal/info, /internal/stats and
     /internal/abort; each role adds its own."""
@@ -65,7 +58,8 @@ def worker_app(role: str, engine, agent_name: str, stats: Callable[[], dict]) ->
     @app.get("/internal/info")
     async def info() -> dict:
         return {"role": role, "pid": os.getpid(), "model": engine.model_name,
-                "max_model_len": engine.max_model_len, "vocab_size": engine.vocab_size}
+                "max_model_len": engine.max_model_len, "vocab_size": engine.vocab_size,
+                "hardware": engine.hardware}
 
     @app.get("/internal/stats")
     async def stats_() -> dict:

@@ -9,9 +9,7 @@ the lease timeout. Knows nothing of decoding or routing.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 
 from fastapi import FastAPI
 from fastapi import Request as HTTPRequest
@@ -23,9 +21,9 @@ from flowprefill.server.pd_wire import (
     PREFILL,
     request_from_wire,
     sampling_from_wire,
-    wait_disconnect,
     worker_app,
 )
+from flowprefill.server.tasks import GONE, until_disconnect
 
 
 def build_prefill_app(engine: PrefillOnlyEngine, agent: KVAgent) -> FastAPI:
@@ -43,17 +41,11 @@ def build_prefill_app(engine: PrefillOnlyEngine, agent: KVAgent) -> FastAPI:
     async def prefill(body: dict, raw: HTTPRequest) -> Response:
         request = request_from_wire(body["request"], engine.now())
         sampling = sampling_from_wire(body["sampling"])
-        work = asyncio.ensure_future(_first_token(engine, agent, request, sampling))
-        gone = asyncio.ensure_future(wait_disconnect(raw))
-        done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-        if work not in done:  # the proxy went away: cancelling aborts the request (or lease)
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
+        out = await until_disconnect(raw, _first_token(engine, agent, request, sampling))
+        if out is GONE:  # the proxy went away: the request (or its lease) goes too
             engine.abort(request.request_id)
             return Response(status_code=499)
-        gone.cancel()
-        return JSONResponse(work.result())
+        return JSONResponse(out)
 
     return app
 

@@ -24,6 +24,7 @@ from flowprefill.engine.api import SamplingParams, Tokenizer, TokenOutput
 from flowprefill.server.pd_router import Router, Worker
 from flowprefill.server.pd_wire import request_to_wire, sampling_to_wire
 from flowprefill.server.prom import Counter, Histogram
+from flowprefill.server.tasks import BackgroundTasks
 
 log = logging.getLogger("flowprefill.proxy")
 TRANSFER_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -69,7 +70,7 @@ class ProxyEngine:
         self.metrics = TransferMetrics()
         self.http: httpx.AsyncClient | None = None
         self._poller: asyncio.Task | None = None
-        self._tasks: set[asyncio.Task] = set()  # fire-and-forget aborts, kept referenced
+        self._tasks = BackgroundTasks()  # fire-and-forget aborts
 
     # ------------------------------------------------------------------ lifecycle (in the loop)
     async def start(self) -> ProxyEngine:
@@ -84,8 +85,7 @@ class ProxyEngine:
     async def close(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
-        if self._tasks:  # aborts on their way (e.g. for requests a shutdown cancelled)
-            await asyncio.wait(set(self._tasks), timeout=5.0)
+        await self._tasks.drain()  # aborts on their way (e.g. for requests a shutdown cancelled)
         if self.http is not None:
             await self.http.aclose()
 
@@ -201,9 +201,7 @@ class ProxyEngine:
                 self._tell(w, "/internal/abort", request_id)
 
     def _tell(self, worker: Worker, path: str, request_id: str) -> None:
-        task = asyncio.ensure_future(self._post(worker, path, request_id))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._post(worker, path, request_id))
 
     async def _post(self, worker: Worker, path: str, request_id: str) -> None:
         try:

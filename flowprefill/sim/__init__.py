@@ -1,7 +1,7 @@
 """Discrete-event simulator: the real scheduler, a simulated executor charged from the
 predictor, a virtual clock. Must not import torch or the model."""
 
-from flowprefill.sim.executor import Running, is_preemption_point
+from flowprefill.sim.executor import Running
 from flowprefill.sim.simulator import SimResult, Simulator
 
-__all__ = ["Running", "SimResult", "Simulator", "is_preemption_point"]
+__all__ = ["Running", "SimResult", "Simulator"]

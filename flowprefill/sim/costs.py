@@ -2,7 +2,8 @@
 
 Owns two per-workload numbers for the granularity ablation: `compute_inflation` (extra
 prefill work the granularity causes: chunked prefill re-reads weights and attends over the
-prefix chunk by chunk; operator and layer boundaries add nothing) and the longest stretch the
+prefix chunk by chunk; token slices under operator granularity add their per-unit overhead;
+operator and layer boundaries add nothing) and the longest stretch the
 device runs without a preemption point (`blocking_*`: how long an urgent arrival may wait
 before the scheduler can switch). Both price each request alone, as the truth model does.
 Must not import torch.
@@ -10,40 +11,41 @@ Must not import torch.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from flowprefill.config import PolicyConfig
-from flowprefill.core import Request
+from flowprefill.core import Granularity, Request
 from flowprefill.metrics import percentile
 from flowprefill.predictor import Predictor
+from flowprefill.predictor.plan import Planner
 
 
-def blocking_span(prompt_len: int, policy: PolicyConfig, cost: Predictor) -> float:
-    """Seconds of the longest non-preemptible stretch of one prompt's prefill."""
-    g = policy.granularity
-    if g == "chunk" and policy.chunk_size < prompt_len:
-        n = math.ceil(prompt_len / policy.chunk_size)
-        # later chunks attend over a longer prefix, so the last full chunk is the longest
-        starts = {(n - 1) * policy.chunk_size, max(n - 2, 0) * policy.chunk_size}
-        return max(cost.chunk_forward(prompt_len, policy.chunk_size, s).total for s in starts)
-    f = cost.forward(((prompt_len, 0),), 1)
-    if g == "operator":
-        return max(f.embed, f.attention, f.mlp, f.final)
-    if g == "layer":
-        return max(f.embed, f.attention + f.mlp, f.final)
-    return f.total  # none, or a prompt that fits in one chunk
+def blocking_span(prompt_len: int, planner: Planner, cost: Predictor) -> float:
+    """Seconds of the longest stretch between two preemption points of one prompt's plan."""
+    plan = planner.plan((prompt_len,))
+    longest = stretch = 0.0
+    for p, f in enumerate(plan.passes):
+        units = cost.units(f)
+        for u in range(f.num_units):
+            stretch += units.unit(u)
+            if plan.is_point(plan.starts[p] + u + 1, planner.granularity):
+                longest, stretch = max(longest, stretch), 0.0
+    return longest
 
 
-def granularity_costs(requests: Sequence[Request], policy: PolicyConfig,
-                      cost: Predictor) -> dict[str, float | None]:
+def granularity_costs(requests: Sequence[Request], policy: PolicyConfig, cost: Predictor,
+                      max_unit_s: float = 0.0) -> dict[str, float | None]:
     """compute_inflation (fraction of extra work vs whole-prompt prefill) and blocking
     percentiles (seconds) over the workload's prompts."""
     lengths = [r.prompt_len for r in requests]
-    whole = sum(cost.request_cost(n) for n in lengths)
-    chunk = policy.chunk_size if policy.granularity == "chunk" else None
-    actual = sum(cost.request_cost(n, chunk) for n in lengths)
-    spans = [blocking_span(n, policy, cost) for n in lengths]
+    planner = Planner(cost, Granularity(policy.granularity), policy.chunk_size, max_unit_s)
+    whole = sum(cost.isolated_ttft(n) for n in lengths)
+    actual = sum(cost.total(planner.plan((n,))) for n in lengths)
+    span: dict[int, float] = {}  # one walk over the plan per distinct prompt length
+    for n in lengths:
+        if n not in span:
+            span[n] = blocking_span(n, planner, cost)
+    spans = [span[n] for n in lengths]
     return {
         "compute_inflation": actual / whole - 1.0 if whole > 0 else 0.0,
         "blocking_p50": percentile(spans, 50),

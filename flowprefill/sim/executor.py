@@ -1,9 +1,9 @@
-"""The simulated executor: where the running job is in time, without an event per operator.
+"""The simulated device: where the running prefill is in time, without an event per unit.
 
-A running forward (a whole batch, or one chunk) is anchored at (start time, ops done then);
-its per-operator costs come from the predictor, so the time of any operator boundary is
-`start + prefix(k) - prefix(k0)`, and the first preemption point after a moment is a bisection
-over those prefix sums. Must not import torch.
+The running job's current pass is anchored at (start time, units of the pass done then);
+its unit costs come from the truth cost model, so the end of any unit is `start + prefix(k) -
+prefix(k0)`, and the first preemption point after a moment is a bisection over those prefix
+sums and the plan's point rule (`core.plan`). Must not import torch.
 """
 
 from __future__ import annotations
@@ -11,43 +11,53 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flowprefill.core import Granularity, Job
-from flowprefill.predictor import ForwardCost
-
-
-def is_preemption_point(k: int, num_ops: int, granularity: Granularity) -> bool:
-    """May a job be suspended after k operators? (k = 0 and the end are always points.)"""
-    if k in (0, num_ops) or granularity == Granularity.OPERATOR:
-        return True
-    if granularity == Granularity.LAYER:
-        return k % 2 == 1  # after embed, after each layer's MLP
-    return False
+from flowprefill.predictor import Predictor, UnitCosts
 
 
 @dataclass
 class Running:
-    """The job on the simulated device and its current forward, anchored in time."""
+    """The job on the simulated device, anchored in time within its current pass."""
 
     job: Job
-    cost: ForwardCost  # the current forward: the whole batch, or the job's current chunk
-    start: float  # time at which operator `start_ops` begins
-    start_ops: int
+    truth: Predictor
+    start: float  # time at which unit `start_unit` of the current pass begins
+    done: int  # units of the job done at `start`
+    costs: UnitCosts = None  # the current pass's unit costs
+    first: int = 0  # job-unit index where the current pass begins
+
+    def __post_init__(self) -> None:
+        self._anchor_pass()
+
+    def _anchor_pass(self) -> None:
+        p, _ = self.job.plan.locate(self.done)
+        self.first = self.job.plan.starts[p]
+        self.costs = self.truth.units(self.job.plan.passes[p])
 
     @property
     def stop(self) -> float:
-        """When the current forward ends (the job completes, or its chunk ends)."""
-        return self.start + self.cost.total - self.cost.prefix(self.start_ops)
+        """When the current pass ends (the job completes, or its chunk ends)."""
+        return self.at(self.first + self.costs.num_units)
 
-    def next_point(self, t: float, granularity: Granularity) -> tuple[float, int]:
-        """(time, ops done) of the first preemption point at or after time t."""
-        k = self.cost.ops_after(self.start_ops, t - self.start)
-        while not is_preemption_point(k, self.cost.num_ops, granularity):
+    def at(self, done: int) -> float:
+        """When the job will have `done` units completed (within the current pass)."""
+        c = self.costs
+        return self.start + c.prefix(done - self.first) - c.prefix(self.done - self.first)
+
+    def next_point(self, t: float, granularity: Granularity) -> int:
+        """Units done at the first preemption point at or after time t (within the pass)."""
+        u0 = self.done - self.first
+        k = self.first + self.costs.units_after(u0, t - self.start)
+        end = self.first + self.costs.num_units
+        while k < end and not self.job.plan.is_point(k, granularity):
             k += 1
-        return self.at(k), k
+        return k
 
-    def at(self, k: int) -> float:
-        return self.start + self.cost.prefix(k) - self.cost.prefix(self.start_ops)
+    def longest(self) -> float:
+        return self.costs.longest
 
-    def advance(self, k: int) -> None:
-        """Record that the first k operators are done; re-anchor there (keeps floats exact)."""
-        self.start, self.start_ops = self.at(k), k
-        self.job.ops_done = k
+    def advance(self, done: int) -> None:
+        """Record that `done` units are complete; re-anchor there (keeps floats exact). At a
+        pass end the next pass is anchored (the caller checks for the job's end first)."""
+        self.start, self.done = self.at(done), done
+        if done < self.job.plan.num_units and done == self.first + self.costs.num_units:
+            self._anchor_pass()

@@ -24,13 +24,12 @@ from flowprefill.config import (
     WorkloadConfig,
 )
 from flowprefill.metrics import max_goodput, summarize
-from flowprefill.predictor import Predictor, make_predictor
+from flowprefill.predictor import ORACLE, Predictor, make_predictor
 from flowprefill.sim.costs import granularity_costs
 from flowprefill.sim.simulator import SimResult, Simulator
 from flowprefill.workload import build_requests
 
 MODES = ("replay", "max_goodput")
-ORACLE = "oracle"  # predictor kind: plan with the truth cost model itself
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,15 @@
-"""Discrete-event simulation of one prefill worker driven by the real scheduler.
+"""Discrete-event simulation of one worker driven by the real scheduler, under the engine's
+rules: the same unit plans, the same preemption points, the same decode placement, the same
+events per scheduler call, the same meaning of preemption latency.
 
-A virtual clock, a heap of external events (arrivals, aborts; ties broken by time, kind, then
-input order), and the simulated executor (executor.py). Events that reach a job running at
-operator or layer granularity are seen at the next preemption point, as the real engine sees
-them between operators; with none or chunk granularity the scheduler cannot switch mid-job, so
-they are delivered at once. Each decision is applied at the time it is made, plus the
-configured scheduling and switch overheads. Prefill only: the first token is the end of the
-prefill, and the request then leaves the worker (its KV blocks are freed).
-The device is charged from `truth` when given (the scheduler still plans with `predictor`),
-so prediction error is visible; without it both are the same model (an oracle predictor).
-Must not import torch.
+A virtual clock and a heap of external events (arrivals, aborts; ties broken by time, kind,
+then input order). External events are seen at the running job's first preemption point at
+or after their time, as the engine sees them between units, and delivered together with the
+job's progress in one scheduler call. A decode step runs at the first point at or after the
+decision's `decode_at` (at once when no prefill runs); its cost comes from the truth's decode
+model. Each decision is applied when it is made, plus the configured scheduling and switch
+overheads. The device is charged from `truth` when given (the scheduler still plans with
+`predictor`), so prediction error is visible. Must not import torch.
 """
 
 from __future__ import annotations
@@ -23,13 +23,16 @@ from flowprefill.config import PolicyConfig, SimConfig
 from flowprefill.core import (
     Abort,
     Arrival,
-    Boundary,
     Completion,
     Decision,
+    DecodeDone,
     Event,
     Granularity,
+    Job,
+    Progress,
     Request,
     VirtualClock,
+    preemption_latency,
 )
 from flowprefill.metrics import RequestRecord
 from flowprefill.predictor import Predictor
@@ -45,6 +48,7 @@ class SimResult:
     log: list[tuple] = field(default_factory=list)  # (time, what, ...) in order; deterministic
     end_time: float = 0.0
     scheduler_calls: int = 0
+    trace: list[tuple] | None = None  # the scheduler's decision log (SimConfig.trace)
 
 
 class Simulator:
@@ -61,16 +65,29 @@ class Simulator:
         return _Run(self, requests, aborts).go()
 
 
+@dataclass
+class _Seq:
+    """A request the simulated worker is decoding."""
+
+    prompt_len: int  # the original prompt
+    generated: int  # tokens produced so far
+
+    @property
+    def context(self) -> int:  # tokens in its KV cache
+        return self.prompt_len + self.generated - 1
+
+
 class _Run:
     """State of one simulation (kept apart so a Simulator can run many workloads)."""
 
     def __init__(self, sim: Simulator, requests: Sequence[Request],
                  aborts: Sequence[tuple[float, str]]) -> None:
-        cfg = sim.cfg
-        self.truth = sim.truth  # charges the device; the scheduler plans with sim.predictor
-        self.cfg = cfg
+        cfg = self.cfg = sim.cfg
+        self.truth = sim.truth
         self.kv = BlockBudget(cfg.num_kv_blocks, cfg.block_size) if cfg.num_kv_blocks else None
-        self.scheduler = Scheduler(sim.policy, sim.predictor, self.kv)
+        self.scheduler = Scheduler(sim.policy, sim.predictor, self.kv,
+                                   max_unit_s=cfg.max_unit_ms / 1e3, decode=cfg.decode,
+                                   decode_batch=cfg.decode_batch, trace=cfg.trace)
         self.granularity = Granularity(sim.policy.granularity)
         self.clock = VirtualClock(min((r.arrival for r in requests), default=0.0))
         self.heap: list[tuple[float, int, int, Event]] = []
@@ -79,36 +96,61 @@ class _Run:
         for i, (t, rid) in enumerate(aborts):
             self.heap.append((t, _ABORT, i, Abort(rid)))
         heapq.heapify(self.heap)
-        self.records = {r.request_id: _record(r) for r in requests}
+        self.requests = {r.request_id: r for r in requests}
+        self.records = {r.request_id: RequestRecord.for_request(r) for r in requests}
         self.log: list[tuple] = []
         self.work: Running | None = None
-        self.blocks: dict[int, int] = {}  # job id -> KV blocks it holds
+        self.last_point = self.clock.now()  # the running job's previous preemption point
+        self.blocks: dict[str, int] = {}  # request id -> KV blocks it holds
+        self.seqs: dict[str, _Seq] = {}  # decoding
+        self.followups: list[Event] = []  # evicted sequences coming back, next call
+        self.decode: tuple[str, ...] = ()
+        self.decode_at = math.inf
+        self.jobs: dict[int, Job] = {}  # started jobs (running or suspended)
+        self.aborted: set[str] = set()
         self.calls = 0
 
     # ------------------------------------------------------------------ main loop
 
     def go(self) -> SimResult:
-        op_level = self.granularity in (Granularity.OPERATOR, Granularity.LAYER)
         while True:
             t_ext = self.heap[0][0] if self.heap else math.inf
-            stop = self.work.stop if self.work else math.inf
-            if t_ext == math.inf and stop == math.inf:
-                break
-            if stop <= t_ext:
-                self._forward_done(stop)
-            elif op_level and self.work is not None:
-                t, k = self.work.next_point(t_ext, self.granularity)
-                if t >= stop:
-                    self._forward_done(stop)
-                    continue
-                self.work.advance(k)
-                t = self._advance(t)
-                while self.heap and self.heap[0][0] <= t:  # everything queued by this boundary
-                    self._deliver(heapq.heappop(self.heap)[3], t)
+            t_dec = self.decode_at if self.decode else math.inf
+            if self.work is None:
+                t = max(min(t_ext, t_dec), self.clock.now())
+                if t == math.inf:
+                    break
+                self._advance(t)
+                ext = self._externals(t)
+                if ext:
+                    self._call(ext)
+                elif t_dec <= t:
+                    self._decode_step()
+                continue
+            work = self.work
+            end = work.first + work.costs.num_units
+            need = min(t_ext, t_dec)
+            k = end if need == math.inf else min(work.next_point(need, self.granularity), end)
+            t = self._advance(work.at(k))
+            previous = self._previous_point(k)
+            work.advance(k)
+            news: list[Event] = []
+            if k == end:
+                if k == work.job.plan.num_units:
+                    news.append(self._complete(t))
+                else:
+                    self.log.append((t, "boundary", work.job.job_id, k))
+            ext = self._externals(t)
+            if news or ext or k == end:
+                self.last_point = previous
+                self._call(news + ext)
+                self.last_point = t
             else:
-                t, _, _, event = heapq.heappop(self.heap)
-                self._deliver(event, max(t, self.clock.now()))
-        return SimResult(list(self.records.values()), self.log, self.clock.now(), self.calls)
+                self.last_point = t
+                if t_dec <= t:
+                    self._decode_step()
+        return SimResult(list(self.records.values()), self.log, self.clock.now(), self.calls,
+                         self.scheduler.trace)
 
     def _advance(self, t: float) -> float:
         """Move the clock to t, absorbing float rounding: times computed from re-anchored
@@ -119,67 +161,112 @@ class _Run:
         self.clock.advance_to(t)
         return t
 
-    def _deliver(self, event: Event, t: float) -> None:
-        t = self._advance(t)
-        if isinstance(event, Arrival):
-            self.log.append((t, "arrive", event.request.request_id))
-        else:
-            self.log.append((t, "abort", event.request_id))
-        trigger = event.request.arrival if isinstance(event, Arrival) else t
-        self._apply(self._call(event, t), t, trigger)
+    def _externals(self, t: float) -> list[Event]:
+        """Every external event queued by time t, logged."""
+        out: list[Event] = []
+        while self.heap and self.heap[0][0] <= t:
+            event = heapq.heappop(self.heap)[3]
+            if isinstance(event, Arrival):
+                self.log.append((t, "arrive", event.request.request_id))
+            else:
+                self.log.append((t, "abort", event.request_id))
+                self._abort(event.request_id)
+            out.append(event)
+        return out
 
-    def _forward_done(self, t: float) -> None:
-        """The running forward ended at t: the job completed, or one of its chunks did."""
-        t = self._advance(t)
+    def _previous_point(self, k: int) -> float:
+        """Time of the running job's last preemption point before unit boundary k."""
         work = self.work
-        job = work.job
-        chunk_start = work.at(0)
-        work.advance(work.cost.num_ops)
-        if job.chunk_size is not None:
-            job.tokens_done = min(job.tokens_done + job.chunk_size, job.num_tokens)
-        if job.chunk_size is None or job.tokens_done >= job.num_tokens:
-            self.log.append((t, "complete", job.job_id))
-            for r in job.requests:
-                self.records[r.request_id].first_token_time = t
-                self.records[r.request_id].finish_time = t
-            self._free(job.job_id)
-            self.work = None
-            self._apply(self._call(Completion(job.job_id), t), t, t)
-            return
-        self.log.append((t, "boundary", job.job_id, job.tokens_done))
-        job.ops_done = 0
-        self.work = Running(job, self.truth.job_forward(job), t, 0)
-        self._apply(self._call(Boundary(job.job_id), t), t, chunk_start)
+        for j in range(k - 1, work.done - 1, -1):
+            if work.job.plan.is_point(j, self.granularity):
+                return work.at(j)
+        return self.last_point
 
-    def _call(self, event: Event, t: float) -> Decision:
-        self.calls += 1
-        return self.scheduler.on_event(event, t)
+    def _complete(self, t: float) -> Event:
+        """The running job's last unit ended at t: its requests have their tokens."""
+        job = self.work.job
+        self.log.append((t, "complete", job.job_id))
+        self.work = None
+        del self.jobs[job.job_id]
+        finished = []
+        for r in job.requests:
+            rec = self.records[r.request_id]
+            if r.request_id in self.aborted:
+                finished.append(r.request_id)
+                self._free(r.request_id)
+                continue
+            if r.generated == 0:
+                rec.first_token_time = t
+            else:
+                rec.token_times.append(t)
+            generated = r.generated + 1
+            if not self.cfg.decode or generated >= r.max_tokens:
+                finished.append(r.request_id)
+                rec.finish_time = t
+                self._free(r.request_id)
+            else:
+                self.seqs[r.request_id] = _Seq(r.prompt_len - r.generated, generated)
+        return Completion(job.job_id, tuple(finished))
 
-    # ------------------------------------------------------------------ applying decisions
+    def _decode_step(self) -> None:
+        """Run the decode step the last decision asked for, now."""
+        ids = self.decode
+        shape = tuple((1, self.seqs[rid].context) for rid in ids)
+        for rid in ids:  # the step writes one more token of KV per sequence
+            self._grow(rid, self.seqs[rid].context + 1)
+        t = self._advance(self.clock.now() + self.truth.decode_cost(shape))
+        if self.work is not None:
+            self.work.start = t  # the device was busy decoding: the job resumes after it
+        self.log.append((t, "decode", ids))
+        finished = []
+        for rid in ids:
+            seq = self.seqs[rid]
+            seq.generated += 1
+            rec = self.records[rid]
+            rec.token_times.append(t)
+            if seq.generated >= self.requests[rid].max_tokens:
+                finished.append(rid)
+                rec.finish_time = t
+                del self.seqs[rid]
+                self._free(rid)
+        self.decode, self.decode_at = (), math.inf
+        self._call([DecodeDone(tuple(finished)), *self._externals(t)])
 
-    def _apply(self, d: Decision, t: float, trigger: float) -> None:
-        """Make the simulated device do what the decision says, from time t.
+    # ------------------------------------------------------------------ scheduler calls
 
-        `trigger`: the earliest moment the switch could have been asked for (the arrival that
-        caused the event, or the start of the chunk that just ended); preemption latency runs
-        from it, or from the newest arrival in the job switched to if that is later.
-        """
-        for rid in d.rejected:
-            self.records[rid].rejected = True
-            self.log.append((t, "reject", rid))
+    def _call(self, events: list[Event]) -> None:
+        """One scheduler call (the running job's progress first), then its follow-ups."""
+        while True:
+            t = self.clock.now()
+            if self.work is not None:
+                events = [Progress(self.work.job.job_id, self.work.done), *events]
+            self.calls += 1
+            self._apply(self.scheduler.on_events(events, t), t)
+            if not self.followups:
+                return
+            events, self.followups = self.followups, []
+
+    def _apply(self, d: Decision, t: float) -> None:
+        """Make the simulated device do what the decision says, from time t."""
+        for rej in d.rejected:
+            self.records[rej.request_id].rejected = True
+            self.log.append((t, "reject", rej.request_id))
         for jid in d.drop:
             self.log.append((t, "drop", jid))
-            self._free(jid)
             if self.work is not None and self.work.job.job_id == jid:
                 self.work = None
+            for r in self.jobs.pop(jid).requests:
+                self._free(r.request_id)
+        for rid in d.evict:
+            self._evict(rid, t)
+        self.decode, self.decode_at = d.decode, d.decode_at
         overhead = self.cfg.schedule_overhead
-        suspended = []
+        suspended = None
         for jid in d.suspend:
             if self.work is None or self.work.job.job_id != jid:
                 raise RuntimeError(f"suspend of job {jid}, which is not running")
-            job = self.work.job
-            self.log.append((t, "suspend", jid, job.ops_done, job.tokens_done))
-            suspended.append(job)
+            suspended = self.work.job
+            self.log.append((t, "suspend", jid, self.work.done))
             self.work = None
         if d.run is None:
             if self.work is not None:
@@ -191,30 +278,49 @@ class _Run:
         if self.work is not None:
             raise RuntimeError("decision switches jobs without suspending the running one")
         job = d.run
-        if suspended or job.started:
+        done = self.scheduler.done(job)
+        if suspended is not None or done > 0:
             overhead += self.cfg.switch_overhead
-        if job.job_id not in self.blocks:
-            self.blocks[job.job_id] = self.kv.allocate(job.num_tokens) if self.kv else 0
+        if done == 0:
+            self.jobs[job.job_id] = job
+            for r in job.requests:
+                self._grow(r.request_id, r.prompt_len)
         start = t + overhead
-        self.work = Running(job, self.truth.job_forward(job), start, job.ops_done)
-        job.started = True
-        self.log.append((t, "run", job.job_id, job.request_ids, job.ops_done, job.tokens_done))
-        for old in suspended:
-            for r in old.requests:
-                rec = self.records[r.request_id]
-                rec.preemptions += 1
-                since = max(trigger, max(r.arrival for r in job.requests))
-                rec.preemption_latencies.append(start - since)
+        self.work = Running(job, self.truth, start, done)
+        self.log.append((t, "run", job.job_id, job.request_ids, done))
+        if suspended is not None:
+            for r in suspended.requests:
+                self.records[r.request_id].preemptions += 1
+            lat = preemption_latency(start, self.last_point, job.newest_arrival)
+            self.records[suspended.requests[0].request_id].preemption_latencies.append(lat)
 
-    def _free(self, job_id: int) -> None:
-        n = self.blocks.pop(job_id, 0)
+    # ------------------------------------------------------------------ KV and requests
+
+    def _abort(self, rid: str) -> None:
+        self.aborted.add(rid)
+        if self.seqs.pop(rid, None) is not None:
+            self._free(rid)
+
+    def _evict(self, rid: str, t: float) -> None:
+        """Free a decoding sequence's KV; it comes back as a prefill of all its tokens."""
+        seq = self.seqs.pop(rid)
+        self._free(rid)
+        r = self.requests[rid]
+        self.log.append((t, "evict", rid, seq.generated))
+        again = Request(rid, r.arrival, seq.prompt_len + seq.generated, r.slo,
+                        max_tokens=r.max_tokens, req_type=r.req_type, generated=seq.generated)
+        self.requests[rid] = again
+        self.followups.append(Arrival(again))
+
+    def _grow(self, rid: str, tokens: int) -> None:
+        if self.kv is None:
+            return
+        need = -(-tokens // self.kv.block_size) - self.blocks.get(rid, 0)
+        if need > 0:
+            self.kv.allocate(need * self.kv.block_size)
+            self.blocks[rid] = self.blocks.get(rid, 0) + need
+
+    def _free(self, rid: str) -> None:
+        n = self.blocks.pop(rid, 0)
         if self.kv is not None and n:
             self.kv.free(n)
-
-
-def _record(r: Request) -> RequestRecord:
-    return RequestRecord(
-        request_id=r.request_id, slo_class=r.slo.slo_class, arrival=r.arrival,
-        prompt_len=r.prompt_len, output_len=r.max_tokens, ttft_slo=r.slo.ttft,
-        tbt_slo=r.slo.tbt,
-    )

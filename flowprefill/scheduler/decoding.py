@@ -1,0 +1,76 @@
+"""The sequences a worker is decoding, as the scheduler sees them: when each owes its next
+token, how much KV it holds, and which one gives its KV back when the pool runs short.
+
+Continuous batching: every step appends one token to each of the first `limit` sequences
+(join order); a sequence's next token is due `tbt` seconds after its last one. Under KV
+pressure the newest sequences are evicted (their blocks freed; they come back as prefills of
+prompt plus generated tokens). Pure Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flowprefill.core import Request
+from flowprefill.scheduler.kv import blocks_for
+
+
+@dataclass(eq=False)
+class Seq:
+    request: Request
+    last: float  # when its latest token was produced
+    context: int  # tokens in its KV cache (the next step writes one more)
+
+    @property
+    def deadline(self) -> float:
+        return self.last + self.request.slo.tbt
+
+
+class DecodeSet:
+    def __init__(self, limit: int = 64) -> None:
+        if limit < 1:
+            raise ValueError(f"the decode batch limit must be >= 1, not {limit}")
+        self.limit = limit
+        self._seqs: dict[str, Seq] = {}  # join order
+        self._stepping: tuple[str, ...] = ()  # the batch the last decision asked for
+
+    def __len__(self) -> int:
+        return len(self._seqs)
+
+    def join(self, request: Request, now: float) -> None:
+        """`request` has its latest token (KV of its `prompt_len` tokens is in place)."""
+        self._seqs[request.request_id] = Seq(request, now, request.prompt_len)
+
+    def leave(self, request_id: str) -> bool:
+        return self._seqs.pop(request_id, None) is not None
+
+    def batch(self) -> list[Seq]:
+        """The next step's sequences (remembered: `stepped` advances exactly these)."""
+        seqs = list(self._seqs.values())[: self.limit]
+        self._stepping = tuple(s.request.request_id for s in seqs)
+        return seqs
+
+    def stepped(self, now: float, finished: tuple[str, ...]) -> None:
+        for rid in self._stepping:
+            s = self._seqs.get(rid)
+            if s is not None:
+                s.context += 1
+                s.last = now
+        for rid in finished:
+            self._seqs.pop(rid, None)
+        self._stepping = ()
+
+    def growth(self, block_size: int) -> int:
+        """New KV blocks the next step needs (a sequence whose last block is full)."""
+        return sum(1 for s in list(self._seqs.values())[: self.limit]
+                   if s.context % block_size == 0)
+
+    def evict_for(self, free: int, block_size: int) -> tuple[str, ...]:
+        """Evict the newest sequences until the next step's new blocks fit in `free`."""
+        evicted: list[str] = []
+        while self._seqs and self.growth(block_size) > free:
+            rid, s = next(reversed(self._seqs.items()))
+            free += blocks_for(s.context, block_size)
+            del self._seqs[rid]
+            evicted.append(rid)
+        return tuple(evicted)
