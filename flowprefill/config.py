@@ -220,7 +220,7 @@ class WorkloadConfig:
 
 @dataclass(frozen=True)
 class SLOConfig:
-    mode: Literal["by_type", "bands"] = "by_type"
+    mode: Literal["by_type", "paper", "scaled_by_type", "bands"] = "by_type"
     scale: float = 1.0  # multiplies every SLO
     seed: int = 0
     # by_type: TTFT and TBT seconds per type; untyped traces are typed by `type_rule`
@@ -247,6 +247,13 @@ class SLOConfig:
         }
     )
     tbt_default: float = 0.2
+    # paper: `tables[table]` holds {ttft: {type: s}, tbt: {type: s}} (the paper's Table 2
+    # rows, one per model); typed like by_type
+    table: str | None = None
+    tables: dict[str, Any] = field(default_factory=dict)
+    # scaled_by_type: type -> {multiple, prompt_len}: the type's TTFT SLO is `multiple` x the
+    # isolated TTFT of a `prompt_len`-token prompt on the machine served; TBT from `tbt`
+    scaled: dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- serving / runs
@@ -317,6 +324,27 @@ class LoggerConfig:
     mode: str = "offline"  # wandb mode
     name: str | None = None  # wandb run name; None: wandb's default
     group: str | None = None  # wandb group, e.g. an experiment's name
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """Another serving system `runners/compare.py` runs beside FlowPrefill: one file per
+    peer in conf/peers/ (not a schema group: a comparison selects several at once)."""
+
+    kind: str = "vllm"  # how it is started (runners/peer_servers.py)
+    args: list[str] = field(default_factory=list)  # its own command-line arguments
+    env: dict[str, str] = field(default_factory=dict)  # its own environment variables
+    venv: str = ".venv-peers"  # where it is installed (`make peers`), from the project root
+    startup_timeout: float = 900.0  # seconds to become healthy (vLLM compiles at start)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """How a run's per-request records become its summary (flowprefill.metrics.summarize)."""
+
+    # the first N requests by arrival warm the system up and are left out of every metric
+    # (the FlowPrefill paper's 32); they are still sent, so the load they add is real
+    warmup_requests: int = 32
 
 
 @dataclass(frozen=True)
@@ -430,6 +458,7 @@ GROUPS: dict[str, type] = {
     "logger": LoggerConfig,
     "sim": SimConfig,
     "deploy": DeployConfig,
+    "metrics": MetricsConfig,
 }
 
 

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from flowprefill.config import (
     HardwareConfig,
     LoggerConfig,
+    MetricsConfig,
     ModelConfig,
     PredictorConfig,
     SLOConfig,
@@ -43,7 +44,8 @@ class BenchmarkSpec:
     logger: LoggerConfig
     run_dir: Path
     label: str | None = None
-    warmup: int = 3
+    warmup: int = 3  # requests sent (and not recorded) before the replay
+    metrics: MetricsConfig = MetricsConfig()
 
 
 def run(spec: BenchmarkSpec, config: dict | None = None) -> dict:
@@ -56,7 +58,7 @@ def run(spec: BenchmarkSpec, config: dict | None = None) -> dict:
         asyncio.run(warm_up(spec.replay, spec.warmup))
     with tqdm(total=len(requests), desc="replay", unit="req") as bar:
         records = asyncio.run(replay(requests, spec.replay, progress=bar.update))
-    summary = summarize(records)
+    summary = summarize(records, warmup=spec.metrics.warmup_requests)
     summary["policy"] = spec.label
     summary["workload"] = spec.workload.name
     summary["rate_scale"] = spec.workload.rate_scale
@@ -93,7 +95,7 @@ def spec_from_hydra(cfg: DictConfig, run_dir: Path) -> BenchmarkSpec:
         model=model, hardware=from_hydra(HardwareConfig, cfg.hardware),
         predictor=from_hydra(PredictorConfig, cfg.predictor),
         logger=from_hydra(LoggerConfig, cfg.logger), run_dir=run_dir, label=cfg.label,
-        warmup=cfg.warmup)
+        warmup=cfg.warmup, metrics=from_hydra(MetricsConfig, cfg.metrics))
 
 
 register_configs()

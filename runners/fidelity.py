@@ -45,6 +45,7 @@ from experiment import Server, serve_config_args  # noqa: E402
 from flowprefill.config import (  # noqa: E402
     EngineConfig,
     HardwareConfig,
+    MetricsConfig,
     ModelConfig,
     PolicyConfig,
     PredictorConfig,
@@ -162,9 +163,11 @@ def replay_fidelity(cfg: DictConfig, run_dir: Path) -> dict:
     out: dict = {"policies": {}}
     for name in cfg.policies:
         policy = policy_config(name)
+        # fidelity pairs the same requests one to one: none is warm-up here
         setup = SimSetup(model=model, hardware=hardware, policy=policy,
                          predictor=sim_pred, workload=workload, slo=slo,
-                         sim=from_hydra(SimConfig, cfg.sim))
+                         sim=from_hydra(SimConfig, cfg.sim),
+                         metrics=MetricsConfig(warmup_requests=0))
         requests = build_requests(workload, slo, cost_models(setup).truth.isolated_ttft)
         load_before = os.getloadavg()
         real, isolated = real_run(cfg, policy, requests, run_dir / name)

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from flowprefill.config import (  # noqa: E402
     HardwareConfig,
     LoggerConfig,
+    MetricsConfig,
     ModelConfig,
     PolicyConfig,
     PredictorConfig,
@@ -52,6 +53,7 @@ def setup_from(cfg: DictConfig) -> SimSetup:
         mode=cfg.mode,
         search=from_hydra(SearchConfig, cfg.search),
         truth=from_hydra(PredictorConfig, truth) if truth and truth.kind else None,
+        metrics=from_hydra(MetricsConfig, cfg.metrics),
     )
 
 

@@ -29,7 +29,8 @@ def test_benchmark_replays_a_trace_window_against_a_live_server(tmp_path):
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
             cfg = compose(config_name="benchmark", overrides=[
                 f"url={server.url}", "workload.max_requests=6", "max_output_tokens=3",
-                "warmup=1", "logger=json", "label=flowprefill", "model.num_layers=2"])
+                "warmup=1", "logger=json", "label=flowprefill", "model.num_layers=2",
+                "metrics.warmup_requests=0"])
         summary = run_benchmark(spec_from_hydra(cfg, tmp_path))
     finally:
         server.stop()
@@ -49,7 +50,8 @@ def test_experiment_multirun_starts_and_stops_a_server_per_run(tmp_path):
     out = subprocess.run(
         [sys.executable, str(ROOT / "runners" / "experiment.py"), "-m",
          "policy=fcfs,flowprefill", "model.num_layers=2", "workload.max_requests=4",
-         "max_output_tokens=2", "warmup=1", f"hydra.sweep.dir={tmp_path}"],
+         "max_output_tokens=2", "warmup=1", "metrics.warmup_requests=0",
+         f"hydra.sweep.dir={tmp_path}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     summaries = sorted(tmp_path.glob("*/summary.json"))

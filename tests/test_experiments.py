@@ -118,7 +118,9 @@ def test_experiment_smoke_runs_in_the_simulator(sim, exp, tmp_path):
         run_dir = tmp_path / value
         with JsonSink(run_dir) as sink:
             summary = sim.run(sim.setup_from(cfg), run_dir / "summary.json", sink=sink)
-        assert summary["requests"] == 60 and 0.0 <= summary["ttft_attainment"] <= 1.0
+        # the first 32 requests are warm-up, outside the summary (metrics.warmup_requests)
+        assert summary["requests"] == 60 - 32 and summary["warmup_excluded"] == 32
+        assert 0.0 <= summary["ttft_attainment"] <= 1.0
         if cfg.mode == "max_goodput":
             assert summary["points"] and "max_goodput_rps" in summary
         for name in ("summary.json", "records.jsonl", "tables/by_class.jsonl"):
@@ -151,7 +153,7 @@ def test_truth_charges_the_device_and_prices_slos(sim, tmp_path):
                         {k: {"const": 1e-3} for k in OP_KINDS}, num_layers=32,
                         model="llama3_8b", hardware="a800")
     base = ["workload=qwen_like", "workload.num_requests=1", "mode=replay",
-            "truth.kind=roofline"]
+            "truth.kind=roofline", "metrics.warmup_requests=0"]
     setup = sim.setup_from(_compose("simulate", *base, "predictor=fitted",
                                     f"predictor.path={art}"))
     oracle = sim.setup_from(_compose("simulate", *base, "predictor=oracle"))

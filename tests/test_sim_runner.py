@@ -59,7 +59,8 @@ def test_replay_and_max_goodput(runner, tmp_path):
     on_disk = json.loads(out.read_text())
     for key in ("policy", "requests", "ttft_attainment", "goodput_rps", "by_class"):
         assert key in on_disk
-    assert on_disk["requests"] == summary["requests"] == 600
+    assert on_disk["requests"] == summary["requests"] == 600 - 32  # warm-up left out
+    assert summary["warmup_excluded"] == 32
     assert (tmp_path / "events.jsonl").read_text().count("\n") > 1200
     s = _setup(runner, "policy=fcfs", "mode=max_goodput", "search.iters=3", *small)
     found = runner.run(s)

@@ -91,3 +91,74 @@ def test_bands_needs_isolated_ttft_and_unknown_mode() -> None:
         assign_slos(recs, SLOConfig(mode="bands"))
     with pytest.raises(ValueError, match="slo.mode"):
         assign_slos(recs, SLOConfig(mode="nope"))
+
+
+PAPER = {  # the FlowPrefill paper's Table 2: TTFT seconds by type, per model
+    "llama3_8b": {"text": 0.25, "image": 0.5, "search": 4.0, "file": 6.0},
+    "qwen2_5_14b": {"text": 0.4, "image": 0.8, "search": 6.5, "file": 9.0},
+    "llama3_70b": {"text": 1.0, "image": 2.0, "search": 15.0, "file": 18.0},
+}
+
+
+def _paper(*overrides: str) -> SLOConfig:
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from flowprefill.config import from_hydra, register_configs
+
+    register_configs()
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base=None):
+        cfg = compose(config_name="simulate", overrides=["slo=paper", *overrides])
+    return from_hydra(SLOConfig, cfg.slo)
+
+
+@pytest.mark.parametrize("model", sorted(PAPER))
+def test_slo_paper_composes_and_assigns_table_2(model: str) -> None:
+    scfg = _paper(f"slo.table={model}")
+    assert scfg.mode == "paper" and scfg.table == model
+    recs = [TraceRecord(float(i), 100, 5, t, f"q{i}") for i, t in enumerate(PAPER[model])]
+    untyped = [TraceRecord(10.0 + i, n, 5) for i, n in enumerate((500, 3000, 9000))]
+    reqs = assign_slos(recs + untyped, scfg)
+    tbt = {"text": 0.1, "image": 0.1, "search": 0.2, "file": 0.2}
+    for q, r in zip(reqs, recs, strict=False):
+        assert (q.slo.ttft, q.slo.tbt) == (PAPER[model][r.req_type], tbt[r.req_type])
+    # untyped rows typed by the declared by_length rule: text <= 1024 < search <= 4096 < file
+    assert [q.req_type for q in reqs[4:]] == ["text", "search", "file"]
+    assert [q.slo.ttft for q in reqs[4:]] == [PAPER[model][t] for t in ("text", "search", "file")]
+
+
+def test_slo_paper_mix_rule_and_unknown_table() -> None:
+    scfg = _paper("slo.type_rule=mix")
+    reqs = assign_slos([TraceRecord(float(i), 100, 5) for i in range(100)], scfg)
+    # shares 0.69/0.07/0.20/0.03 normalized (they sum to 0.99), largest remainder
+    assert Counter(q.req_type for q in reqs) == {"text": 70, "search": 20, "image": 7, "file": 3}
+    again = assign_slos([TraceRecord(float(i), 100, 5) for i in range(100)], scfg)
+    assert [q.req_type for q in reqs] == [q.req_type for q in again]  # seeded
+    with pytest.raises(ValueError, match="slo.table='llama2' is not in slo.tables"):
+        assign_slos([TraceRecord(0.0, 10, 1)], _paper("slo.table=llama2"))
+
+
+def test_scaled_by_type_multiplies_the_isolated_ttft_of_a_declared_length() -> None:
+    scfg = SLOConfig(mode="scaled_by_type", length_types={"text": 1024, "file": 8192},
+                     scaled={"text": {"multiple": 3.0, "prompt_len": 1024},
+                             "file": {"multiple": 4.0, "prompt_len": 8000}},
+                     tbt={"text": 0.5, "file": 1.0}, scale=0.5)
+    reqs = assign_slos([TraceRecord(0.0, 100, 5), TraceRecord(1.0, 5000, 5)], scfg,
+                       isolated_ttft=lambda n: n / 1000)
+    assert [(q.req_type, q.slo.ttft, q.slo.tbt) for q in reqs] == [
+        ("text", pytest.approx(3.0 * 1.024 * 0.5), 0.25), ("file", pytest.approx(16.0), 0.5)]
+    with pytest.raises(ValueError, match="needs isolated_ttft"):
+        assign_slos([TraceRecord(0.0, 100, 5)], scfg)
+    bad = SLOConfig(mode="scaled_by_type", scaled={"text": {"multiple": 3.0}})
+    with pytest.raises(ValueError, match="slo.scaled.text needs multiple and prompt_len"):
+        assign_slos([TraceRecord(0.0, 100, 5)], bad, isolated_ttft=lambda n: 1.0)
+
+
+def test_class_priority_ranks_by_ttft_slo() -> None:
+    from flowprefill.workload import class_priority
+
+    reqs = assign_slos([TraceRecord(float(i), n, 5) for i, n in enumerate((9000, 100, 3000))],
+                       SLOConfig(mode="by_type"))
+    assert class_priority(reqs) == {"text": 0, "search": 1, "file": 2}

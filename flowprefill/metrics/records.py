@@ -21,6 +21,8 @@ class RequestRecord:
     prefill_start / prefill_end: when its prefill job first ran and when it completed.
     preemption_latencies: seconds from each event that asked this request's job to yield (or
         asked for a switch to it) to the first operator of the job that ran next.
+    output_tokens: tokens generated as the server counted them (its `usage`), when it said;
+        streamed chunks may bundle tokens, so len(token_times) + 1 is only a lower bound.
     """
 
     request_id: str
@@ -38,6 +40,7 @@ class RequestRecord:
     rejected: bool = False
     prefill_start: float | None = None  # first operator of its (first) prefill job
     prefill_end: float | None = None  # its prefill job completed
+    output_tokens: int | None = None
 
     @property
     def queueing(self) -> float | None:
@@ -78,8 +81,28 @@ class RequestRecord:
     def ttft_met(self) -> bool:
         return self.ttft_met_at(1.0)
 
+    @property
+    def generated(self) -> int:
+        """Tokens produced: the server's count when known, else one per streamed chunk."""
+        if self.output_tokens is not None:
+            return self.output_tokens
+        return 0 if self.first_token_time is None else 1 + len(self.token_times)
+
+    def tbt_fraction_at(self, scale: float = 1.0) -> float:
+        """The FlowPrefill paper's per-request TBT attainment: the fraction of this request's
+        inter-token gaps within `scale` x its TBT SLO. No first token (or rejected): 0; a
+        first token and no gaps (one output token): 1."""
+        if self.rejected or self.first_token_time is None:
+            return 0.0
+        gaps = self.tbt
+        if not gaps:
+            return 1.0
+        bound = self.tbt_slo * scale
+        return sum(g <= bound for g in gaps) / len(gaps)
+
     def tbt_met_at(self, scale: float = 1.0) -> bool:
-        """Mean time between tokens (TPOT) within `scale` x the TBT SLO.
+        """Mean time between tokens (TPOT) within `scale` x the TBT SLO: the per-request test
+        of `vllm bench serve --goodput tpot:...`, with this request's own SLO.
 
         Requires a first token; a request with a single output token has no gaps and meets it.
         """
@@ -95,7 +118,8 @@ class RequestRecord:
     def to_dict(self) -> dict:
         """Fields plus derived latencies, JSON-ready."""
         d = asdict(self)
-        d.update(ttft=self.ttft, e2e=self.e2e, ttft_met=self.ttft_met, tbt_met=self.tbt_met)
+        d.update(ttft=self.ttft, e2e=self.e2e, ttft_met=self.ttft_met, tbt_met=self.tbt_met,
+                 tbt_fraction=self.tbt_fraction_at(1.0))
         return d
 
     @classmethod

@@ -154,7 +154,8 @@ def build_app(engine: EngineClient, cfg: ServerConfig) -> FastAPI:
         model = engine.model_name
         pieces = _pieces(request, sampling, body.stop)
         if body.stream:
-            return StreamingResponse(_sse(request, pieces, shape, model, chat),
+            separate = body.stream_options is not None and body.stream_options.include_usage
+            return StreamingResponse(_sse(request, pieces, shape, model, chat, separate),
                                      media_type="text/event-stream")
         return await _collect(raw, request, pieces, shape, model)
 
@@ -213,15 +214,20 @@ def build_app(engine: EngineClient, cfg: ServerConfig) -> FastAPI:
                 metrics.requests.inc(outcome="disconnected")
 
     async def _sse(request: Request, pieces: AsyncIterator, shape, model: str,
-                   chat: bool) -> AsyncIterator[str]:
+                   chat: bool, separate_usage: bool) -> AsyncIterator[str]:
+        """One chunk per text piece; usage rides on the finishing chunk, or (OpenAI's
+        `stream_options.include_usage`) follows it in a chunk of its own."""
         rid, first = request.request_id, True
         try:
             async for text, finish, n in pieces:
                 use = P.usage(request.prompt_len, n) if finish is not None else None
                 kw = {"first": first} if chat else {}
-                chunk = shape(rid, model, text, finish, use, chunk=True, **kw)
+                chunk = shape(rid, model, text, finish, None if separate_usage else use,
+                              chunk=True, **kw)
                 first = False
                 yield f"data: {json.dumps(chunk)}\n\n"
+                if separate_usage and use is not None:
+                    yield f"data: {json.dumps(P.usage_chunk(rid, model, use, chat))}\n\n"
         except APIError as e:
             yield f"data: {json.dumps(P.error_body(e.message, e.kind))}\n\n"
         yield "data: [DONE]\n\n"

@@ -21,6 +21,10 @@ class SLOFields(BaseModel):
     slo_class: str | None = Field(default=None, min_length=1, max_length=64)
 
 
+class StreamOptions(BaseModel):
+    include_usage: bool = False  # a last chunk with `usage` and no choices (OpenAI, vLLM)
+
+
 class SamplingFields(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=10.0)
@@ -28,6 +32,7 @@ class SamplingFields(BaseModel):
     seed: int | None = Field(default=None, ge=0, lt=2**63)
     stop: str | list[str] | None = Field(default=None, validate_default=True)
     stream: bool = False
+    stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1)
     ignore_eos: bool = False
 
@@ -115,3 +120,9 @@ def chat_body(rid: str, model: str, text: str, finish: str | None, usage_: dict 
     if usage_ is not None:
         body["usage"] = usage_
     return body
+
+
+def usage_chunk(rid: str, model: str, usage_: dict, chat: bool) -> dict:
+    """The last chunk of a stream with `stream_options.include_usage`: usage, no choices."""
+    return {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": int(time.time()), "model": model, "choices": [], "usage": usage_}

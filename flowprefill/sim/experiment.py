@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from flowprefill.config import (
     HardwareConfig,
+    MetricsConfig,
     ModelConfig,
     PolicyConfig,
     PredictorConfig,
@@ -55,6 +56,7 @@ class SimSetup:
     mode: str = "replay"
     search: SearchConfig = field(default_factory=SearchConfig)
     truth: PredictorConfig | None = None  # None: the device is charged from `predictor`
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ def replay(setup: SimSetup, rate_scale: float | None = None,
     requests = build_requests(wcfg, setup.slo, models.truth.isolated_ttft)
     t0 = time.perf_counter()
     result = Simulator(setup.policy, models.predictor, setup.sim, models.truth).run(requests)
-    summary = summarize(result.records)
+    summary = summarize(result.records, warmup=setup.metrics.warmup_requests)
     summary["rate_scale"] = wcfg.rate_scale
     summary["granularity"] = granularity_costs(requests, setup.policy, models.truth)
     summary["sim"] = {

@@ -17,7 +17,14 @@ from flowprefill.workload.loaders import (
     resolve_path,
 )
 from flowprefill.workload.record import TraceRecord, read_canonical, write_canonical
-from flowprefill.workload.slo import assign_slos, assign_types, exact_mix, type_by_length
+from flowprefill.workload.slo import (
+    assign_slos,
+    assign_types,
+    class_priority,
+    exact_mix,
+    type_by_length,
+    type_tables,
+)
 from flowprefill.workload.synthetic import PRESETS, ClassSpec, arrival_times, generate
 
 __all__ = [
@@ -28,6 +35,7 @@ __all__ = [
     "arrival_times",
     "assign_slos",
     "assign_types",
+    "class_priority",
     "build_requests",
     "detect_format",
     "exact_mix",
@@ -42,5 +50,6 @@ __all__ = [
     "resolve_path",
     "shape_workload",
     "type_by_length",
+    "type_tables",
     "write_canonical",
 ]

@@ -1,9 +1,12 @@
 """The replay client: sends a timed workload to a live OpenAI-compatible server and measures.
 
 Each request is sent at its arrival offset (asyncio, streaming), with a seeded random prompt of
-exactly its `prompt_len` token ids and its SLO in the body. TTFT and every gap between
-streamed chunks are measured here, at the client, on one monotonic clock whose zero is the
-start of the replay. Knows nothing of the engine; speaks HTTP only.
+exactly its `prompt_len` token ids and its SLO in the body: `ttft_slo`, `tbt_slo`,
+`slo_class` (read by FlowPrefill) and `priority` (read by vLLM's `--scheduling-policy
+priority`; lower is served first), so every engine gets the same bytes. TTFT and every gap
+between streamed chunks are measured here, at the client, on one monotonic clock whose zero
+is the start of the replay; the server's token count comes from the usage chunk that
+`stream_options.include_usage` asks for. Knows nothing of the engine; speaks HTTP only.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -30,6 +33,7 @@ class ReplaySettings:
     timeout: float = 600.0
     seed: int = 0
     api_key: str | None = None
+    priority: Mapping[str, int] | None = None  # SLO class -> `priority`; None: not sent
 
 
 def _prompt(request: Request, lo: int, hi: int, seed: int) -> list[int]:
@@ -46,11 +50,14 @@ async def _one(client: httpx.AsyncClient, request: Request, s: ReplaySettings, t
         "temperature": 0.0,
         "ignore_eos": True,
         "stream": True,
+        "stream_options": {"include_usage": True},
         "ttft_slo": request.slo.ttft,
         "slo_class": request.slo.slo_class,
     }
     if request.slo.tbt != float("inf"):
         body["tbt_slo"] = request.slo.tbt
+    if s.priority is not None:
+        body["priority"] = s.priority.get(request.slo.slo_class, len(s.priority))
     try:
         async with client.stream("POST", f"{s.url}/v1/completions", json=body) as resp:
             if resp.status_code != 200:
@@ -64,6 +71,10 @@ async def _one(client: httpx.AsyncClient, request: Request, s: ReplaySettings, t
                 if "error" in chunk:
                     record.rejected = True
                     return
+                if chunk.get("usage"):
+                    record.output_tokens = chunk["usage"].get("completion_tokens")
+                if not chunk.get("choices"):  # the usage-only chunk carries no token
+                    continue
                 now = time.perf_counter() - t0
                 if record.first_token_time is None:
                     record.first_token_time = now

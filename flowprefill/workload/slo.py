@@ -1,9 +1,14 @@
 """SLO assignment: turn trace records into `core.Request`s with declared, seeded SLOs.
 
-Owns the two modes of `SLOConfig`:
+Owns the modes of `SLOConfig`:
 - `by_type`: a table of TTFT/TBT seconds per request type; untyped rows (or types missing from
   the table) are typed by `type_rule`: `by_length` (prompt-length bounds per type) or `mix`
   (an exact, seeded class mix).
+- `paper`: `by_type` with the table of one model (`table`) from `tables`, the FlowPrefill
+  paper's Table 2 (conf/slo/paper.yaml).
+- `scaled_by_type`: `by_type` with each type's TTFT SLO a declared multiple of the isolated
+  TTFT of a declared prompt length on the machine served (from the caller's callable), so
+  per-type SLOs keep the paper's shape on any hardware.
 - `bands`: each request drawn into a class by exact shares (seeded), its TTFT SLO a multiple,
   uniform in [lo, hi], of its own isolated TTFT (from a callable the caller provides, usually
   the predictor), so experiments stay meaningful on any hardware.
@@ -12,7 +17,7 @@ Owns the two modes of `SLOConfig`:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -47,9 +52,54 @@ def type_by_length(prompt_len: int, bounds: Mapping[str, float]) -> str:
     return ordered[-1][0]
 
 
-def assign_types(records: Sequence[TraceRecord], scfg: SLOConfig) -> list[str]:
-    """Each record's type: its own when the TTFT table knows it, else by `scfg.type_rule`."""
-    types: list[str | None] = [r.req_type if r.req_type in scfg.ttft else None for r in records]
+def type_tables(
+    scfg: SLOConfig, isolated_ttft: Callable[[int], float] | None = None
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The (TTFT, TBT) seconds per type that `by_type`, `paper` and `scaled_by_type` use,
+    before `scale`."""
+    if scfg.mode == "by_type":
+        return dict(scfg.ttft), dict(scfg.tbt)
+    if scfg.mode == "paper":
+        if scfg.table not in scfg.tables:
+            raise ValueError(f"slo.table={scfg.table!r} is not in slo.tables "
+                             f"{sorted(scfg.tables)}")
+        row = scfg.tables[scfg.table]
+        missing = [k for k in ("ttft", "tbt") if k not in row]
+        if missing:
+            raise ValueError(f"slo.tables.{scfg.table} lacks {missing}")
+        return {k: float(v) for k, v in row["ttft"].items()}, dict(row["tbt"])
+    if scfg.mode == "scaled_by_type":
+        if not scfg.scaled:
+            raise ValueError("slo.mode=scaled_by_type needs slo.scaled {type: {multiple, "
+                             "prompt_len}}")
+        if isolated_ttft is None:
+            raise ValueError("slo.mode=scaled_by_type needs isolated_ttft (measured or "
+                             "predicted on the machine served)")
+        ttft = {}
+        for t, rule in scfg.scaled.items():
+            if "multiple" not in rule or "prompt_len" not in rule:
+                raise ValueError(f"slo.scaled.{t} needs multiple and prompt_len, got {rule}")
+            ttft[t] = float(rule["multiple"]) * float(isolated_ttft(int(rule["prompt_len"])))
+        return ttft, dict(scfg.tbt)
+    raise ValueError(f"slo.mode {scfg.mode!r} has no type table")
+
+
+def class_priority(requests: Sequence[Request]) -> dict[str, int]:
+    """SLO class -> its rank by the mean TTFT SLO of its requests, tightest 0: the
+    `priority` a request carries (vLLM's convention: lower is served first)."""
+    sums: dict[str, list[float]] = {}
+    for r in requests:
+        sums.setdefault(r.slo.slo_class, []).append(r.slo.ttft)
+    mean = {c: sum(v) / len(v) for c, v in sums.items()}
+    return {c: i for i, c in enumerate(sorted(mean, key=lambda c: (mean[c], c)))}
+
+
+def assign_types(records: Sequence[TraceRecord], scfg: SLOConfig,
+                 known: Collection[str] | None = None) -> list[str]:
+    """Each record's type: its own when the TTFT table (`known`, default `scfg.ttft`'s
+    types) knows it, else by `scfg.type_rule`."""
+    known = set(scfg.ttft if known is None else known)
+    types: list[str | None] = [r.req_type if r.req_type in known else None for r in records]
     untyped = [i for i, t in enumerate(types) if t is None]
     if untyped:
         if scfg.type_rule == "by_length":
@@ -61,9 +111,9 @@ def assign_types(records: Sequence[TraceRecord], scfg: SLOConfig) -> list[str]:
                 types[i] = t
         else:
             raise ValueError(f"unknown slo.type_rule {scfg.type_rule!r}; by_length or mix")
-    unknown = {t for t in types if t not in scfg.ttft}
+    unknown = {t for t in types if t not in known}
     if unknown:
-        raise ValueError(f"types {sorted(unknown)} have no TTFT in slo.ttft {dict(scfg.ttft)}")
+        raise ValueError(f"types {sorted(unknown)} have no TTFT SLO (known: {sorted(known)})")
     return types  # type: ignore[return-value]
 
 
@@ -87,19 +137,14 @@ def assign_slos(
     """Requests with SLOs per `scfg` (see the module docstring); order and times kept.
 
     isolated_ttft: prompt length -> seconds of prefill alone on an idle system; required by
-    `bands`, unused by `by_type`.
+    `bands` and `scaled_by_type`, unused by `by_type` and `paper`.
     """
     s = scfg.scale
-    if scfg.mode == "by_type":
-        types = assign_types(records, scfg)
+    if scfg.mode in ("by_type", "paper", "scaled_by_type"):
+        ttft, tbt = type_tables(scfg, isolated_ttft)
+        types = assign_types(records, scfg, ttft)
         return [
-            _request(
-                i,
-                r,
-                SLO(scfg.ttft[t] * s, scfg.tbt.get(t, scfg.tbt_default) * s, t),
-                t,
-                {},
-            )
+            _request(i, r, SLO(ttft[t] * s, tbt.get(t, scfg.tbt_default) * s, t), t, {})
             for i, (r, t) in enumerate(zip(records, types, strict=True))
         ]
     if scfg.mode == "bands":
@@ -118,4 +163,5 @@ def assign_slos(
             meta = {"isolated_ttft": iso, "slo_multiple": mult}
             out.append(_request(i, r, slo, r.req_type, meta))
         return out
-    raise ValueError(f"unknown slo.mode {scfg.mode!r}; expected by_type or bands")
+    raise ValueError(f"unknown slo.mode {scfg.mode!r}; expected by_type, paper, "
+                     "scaled_by_type or bands")
