@@ -169,6 +169,10 @@ class PolicyConfig:
     # idle by recent arrivals (what later arrivals will need); 0: it waits until every
     # feasible job is done
     absorb_late: float = 1.0
+    # while a prefill runs, the decode step is due at the latest this long after the oldest
+    # token of the decode batch (and earlier if a sequence's TBT SLO needs it); None: only as
+    # the TBT SLOs need it
+    decode_pace: float | None = 0.05
     class_priority: dict[str, int] = field(default_factory=dict)  # order=priority: lower first
 
 

@@ -17,6 +17,7 @@ from flowprefill.core.events import (
     Handoff,
     Progress,
     Rejection,
+    is_due,
     preemption_latency,
 )
 from flowprefill.core.job import Job
@@ -49,6 +50,7 @@ __all__ = [
     "VirtualClock",
     "WallClock",
     "even_bounds",
+    "is_due",
     "op_kind",
     "op_layer",
     "ops_per_forward",

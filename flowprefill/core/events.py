@@ -102,3 +102,10 @@ def preemption_latency(new_start: float, previous_point: float, newest_arrival: 
     the suspended job's previous preemption point and the newest arrival among the requests
     switched to) to the moment the new job's first unit starts on the device."""
     return new_start - max(previous_point, newest_arrival)
+
+
+def is_due(now: float, at: float) -> bool:
+    """Has time `at` come by `now`? Within float rounding (1e-9 relative): the engine sums
+    unit times one by one where the simulator takes prefix sums, and a decision made at a
+    time equal to a deadline must come out the same in both."""
+    return now >= at - 1e-9 * max(1.0, abs(at))

@@ -28,6 +28,7 @@ from flowprefill.core import (
     Granularity,
     Handoff,
     Progress,
+    is_due,
     preemption_latency,
 )
 from flowprefill.engine.sources import STOP, QueueSource, ScriptedSource
@@ -119,7 +120,7 @@ class EngineLoop:
 
     def _decode_due(self) -> bool:
         d = self.decision
-        return bool(d.decode) and self._at_point() and self.clock.now() >= d.decode_at
+        return bool(d.decode) and self._at_point() and is_due(self.clock.now(), d.decode_at)
 
     def _decide(self, events: list[Event]) -> None:
         job = self.current

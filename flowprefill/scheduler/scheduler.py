@@ -352,12 +352,16 @@ class Scheduler:
         job = self.running
         if job is None:
             return ids, now, evict
-        # As late as every sequence's next-token deadline allows: the step's own cost and the
-        # longest unit of the running job (a switch waits for the unit in flight) before it.
+        # As late as every sequence's next-token deadline allows (the step's own cost and the
+        # longest unit of the running job, which a switch waits for, before it), and no later
+        # than the pace after the batch's oldest token.
         step = self.predictor.decode_cost(tuple((1, s.context) for s in batch))
         p, _ = job.plan.locate(min(self.done(job), job.plan.num_units - 1))
         guard = self.predictor.units(job.plan.passes[p]).longest
-        return ids, min(s.deadline for s in batch) - step - guard, evict
+        at = min(s.deadline for s in batch) - step - guard
+        if self.cfg.decode_pace is not None:
+            at = min(at, min(s.last for s in batch) + self.cfg.decode_pace)
+        return ids, at, evict
 
     def _moore_hodgson(self, now: float) -> None:
         """Drop (demote, or reject) the work Moore-Hodgson sacrifices to meet most deadlines."""

@@ -32,6 +32,7 @@ from flowprefill.core import (
     Progress,
     Request,
     VirtualClock,
+    is_due,
     preemption_latency,
 )
 from flowprefill.metrics import RequestRecord
@@ -124,7 +125,7 @@ class _Run:
                 ext = self._externals(t)
                 if ext:
                     self._call(ext)
-                elif t_dec <= t:
+                elif is_due(t, t_dec):
                     self._decode_step()
                 continue
             work = self.work
@@ -147,7 +148,7 @@ class _Run:
                 self.last_point = t
             else:
                 self.last_point = t
-                if t_dec <= t:
+                if is_due(t, t_dec):
                     self._decode_step()
         return SimResult(list(self.records.values()), self.log, self.clock.now(), self.calls,
                          self.scheduler.trace)
