@@ -139,7 +139,10 @@ class EngineConfig:
     num_kv_blocks: int = 4096  # KV pool size in blocks
     max_batch_tokens: int = 16384  # largest prefill batch the engine accepts
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
-    tp: int = 1  # tensor-parallel ranks
+    tp: int = 1  # tensor-parallel ranks: processes, one GPU each on CUDA (executor.tp)
+    # seconds a tensor-parallel collective, or a rank's start-up, may wait for the other ranks
+    # before the group counts as broken (a rank that dies is noticed at once, not after this)
+    tp_timeout: float = 120.0
 
     @property
     def max_unit_s(self) -> float:
