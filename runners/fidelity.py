@@ -164,7 +164,8 @@ def replay_fidelity(cfg: DictConfig, run_dir: Path) -> dict:
         policy = policy_config(name)
         setup = SimSetup(model=model, hardware=hardware, policy=policy,
                          predictor=sim_pred, workload=workload, slo=slo,
-                         sim=from_hydra(SimConfig, cfg.sim))
+                         sim=from_hydra(SimConfig, cfg.sim),
+                         tp=from_hydra(EngineConfig, cfg.engine).tp)
         requests = build_requests(workload, slo, cost_models(setup).truth.isolated_ttft)
         load_before = os.getloadavg()
         real, isolated = real_run(cfg, policy, requests, run_dir / name)

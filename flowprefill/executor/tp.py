@@ -32,7 +32,13 @@ from flowprefill.executor import device
 from flowprefill.executor.memory import available, check_fits
 from flowprefill.executor.prefill_job import PrefillJob
 from flowprefill.executor.runner import ModelRunner
-from flowprefill.executor.tp_group import CollectiveError, RankGroup, TPRankError, all_reduce
+from flowprefill.executor.tp_group import (
+    CollectiveError,
+    RankGroup,
+    TPRankError,
+    all_reduce,
+    time_all_reduce,
+)
 from flowprefill.kvcache import BlockManager
 from flowprefill.model.loading import resolve_config
 from flowprefill.model.shard import check_shardable, load_shard
@@ -166,6 +172,16 @@ class TPModelRunner(ModelRunner):
                 if theirs != mine:
                     raise RuntimeError(f"tensor-parallel rank {r} diverged from rank 0: "
                                        f"{theirs} != {mine}")
+
+    def time_all_reduce(self, numel: int, dtype: str = "float32", repeats: int = 20
+                        ) -> list[float]:
+        """Rank 0's seconds of each of `repeats` all-reduces of `numel` elements, every rank
+        running them (a measurement of the link; nothing else may run meanwhile)."""
+        with self.lock:
+            self.group.send(("time_all_reduce", numel, dtype, repeats))
+            mine = time_all_reduce(numel, dtype, repeats, self.device.type)
+            self.group.replies("time_all_reduce")  # read theirs: the channel stays in step
+            return mine
 
     def close(self) -> None:
         with self.lock:

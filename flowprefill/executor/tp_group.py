@@ -79,6 +79,23 @@ def all_reduce(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def time_all_reduce(numel: int, dtype: str, repeats: int, device: str) -> list[float]:
+    """Seconds of each of `repeats` all-reduces of `numel` elements (after one warm-up),
+    every rank running the same call: the link the engine's collectives cross, measured."""
+    t = torch.ones(numel, dtype=getattr(torch, dtype), device=device)
+    out = []
+    for i in range(repeats + 1):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        all_reduce(t)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            out.append(time.perf_counter() - t0)
+    return out
+
+
 def backend_for(device: str) -> str:
     return "nccl" if device == "cuda" else "gloo"
 
@@ -205,7 +222,11 @@ class RankGroup:
     def request(self, cmd: tuple) -> list[Any]:
         """Send `cmd` and return each rank's reply (1..N-1, in order)."""
         self.send(cmd)
-        return [self._recv(rk, self.timeout, f"answering {cmd[0]!r}")[1] for rk in self.ranks]
+        return self.replies(cmd[0])
+
+    def replies(self, what: str) -> list[Any]:
+        """Each rank's answer to the command `what` sent last (1..N-1, in order)."""
+        return [self._recv(rk, self.timeout, f"answering {what!r}")[1] for rk in self.ranks]
 
     # ------------------------------------------------------------------ commands
     def send(self, cmd: tuple, strict: bool = True) -> None:

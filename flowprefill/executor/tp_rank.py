@@ -36,11 +36,12 @@ from flowprefill.executor.tp_group import (
     init_group,
     recv_msg,
     send_msg,
+    time_all_reduce,
 )
 from flowprefill.model.shard import load_shard
 
 log = logging.getLogger("flowprefill.tp_rank")
-REPLIES = frozenset({"digest", "ping"})  # commands rank 0 waits to hear back from
+REPLIES = frozenset({"digest", "ping", "time_all_reduce"})  # rank 0 waits for their answer
 
 
 class Replayer:
@@ -52,7 +53,8 @@ class Replayer:
         self.handlers: dict[str, Callable[..., Any]] = {
             "job": self.job, "step": self.step, "monolithic": self.monolithic,
             "abort": self.abort, "decode": runner.decode, "allocate": runner.allocate,
-            "free": runner.free, "digest": self.digest, "ping": self.ping}
+            "free": runner.free, "digest": self.digest, "ping": self.ping,
+            "noop": lambda *_: None, "time_all_reduce": self.time_all_reduce}
 
     def job(self, job: Any, token_ids: list[list[int]] | None) -> None:
         self.jobs[job.job_id] = self.runner.prefill_job(job, token_ids)
@@ -79,6 +81,9 @@ class Replayer:
 
     def ping(self, sent: float) -> tuple[float, float]:
         return sent, time.perf_counter()  # perf_counter is CLOCK_MONOTONIC: one system clock
+
+    def time_all_reduce(self, numel: int, dtype: str, repeats: int) -> list[float]:
+        return time_all_reduce(numel, dtype, repeats, self.runner.device.type)
 
     def serve(self, sock: socket.socket, reader: Any) -> int:
         rn = self.runner

@@ -30,32 +30,17 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from flowprefill.config import ModelConfig
+from flowprefill.config import ModelConfig, NotShardable
+from flowprefill.config import check_tp as check_shardable
 from flowprefill.model import layers
 from flowprefill.model.decoder import Attend, Decoder, _compile
 from flowprefill.model.loading import DTYPES, hf_weights, resolve_config
 from flowprefill.model.weights import LayerWeights, ModelWeights, random_weights
 
+__all__ = ["NotShardable", "ShardedDecoder", "check_shardable", "load_shard", "shard_layer"]
+
 # all_reduce(t [T, H]) sums t over the ranks in place and returns it
 AllReduce = Callable[[torch.Tensor], torch.Tensor]
-
-
-class NotShardable(ValueError):
-    """The model cannot be split over `engine.tp` ranks (raised before anything loads)."""
-
-
-def check_shardable(cfg: ModelConfig, tp: int) -> None:
-    """A clear error unless heads, KV heads and the MLP width all divide by `tp`."""
-    if not isinstance(tp, int) or tp < 1:
-        raise NotShardable(f"engine.tp must be an integer >= 1, not {tp!r}")
-    bad = [f"model.{k}={getattr(cfg, k)}" for k in ("num_heads", "num_kv_heads",
-                                                    "intermediate_size")
-           if getattr(cfg, k) % tp]
-    if bad:
-        raise NotShardable(f"engine.tp={tp}: model {cfg.name} cannot be split over {tp} ranks "
-                         f"({', '.join(bad)} not divisible by {tp}); each rank holds whole "
-                         f"query and KV heads. Use an engine.tp that divides "
-                         f"{cfg.num_kv_heads} (its KV heads) and {cfg.num_heads}")
 
 
 def _rows(t: torch.Tensor | None, parts: list[tuple[int, int]]) -> torch.Tensor | None:
