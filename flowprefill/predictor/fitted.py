@@ -139,9 +139,9 @@ def check_identity(path: Path, data: Mapping[str, Any], num_layers: int | None,
         if key not in have and key not in SETTING_DEFAULTS:
             continue  # not recorded by this artifact's version: nothing to compare
         if setting(have, key) != want:
-            raise ValueError(f"{path}: profiled with engine.{key}={have[key]!r}, this engine "
-                             f"has engine.{key}={want!r} (profile and train with these "
-                             "settings, or name the artifact in predictor.path)")
+            raise ValueError(f"{path}: profiled with engine.{key}={setting(have, key)!r}, "
+                             f"this engine has engine.{key}={want!r} (profile and train with "
+                             "these settings, or name the artifact in predictor.path)")
 
 
 class FittedPredictor(Predictor):
