@@ -44,7 +44,8 @@ def gone(pid: int, timeout: float = 15.0) -> bool:
 
 def complete(url: str, prompt, max_tokens: int, timeout: float = 120.0) -> dict:
     return httpx.post(url + "/v1/completions", timeout=timeout, json={
-        "model": "tiny", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0}).json()
+        "model": "tiny", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
+        "ignore_eos": True}).json()
 
 
 def test_greedy_output_equals_one_process():
@@ -67,20 +68,27 @@ def test_greedy_output_equals_one_process():
 def test_rank_killed_mid_prefill_fails_requests_and_exits_nonzero():
     server = ServerProcess(*SETTINGS, "engine.tp=2")
     (rank1,) = children(server.proc.pid)
-    result: dict = {}
-    # long enough that the prefill is still running when rank 1 dies
-    t = threading.Thread(target=lambda: result.update(
-        complete(server.url, list(range(1, 12_000)), 4)))
-    t.start()
+    results: list[dict] = [{}, {}]
+    # one request decoding, and one prompt long enough to be prefilling when rank 1 dies
+    threads = [threading.Thread(target=lambda i=i, p=p, m=m: results[i].update(
+        complete(server.url, p, m))) for i, (p, m) in enumerate(
+            (([5, 6, 7], 10_000), (list(range(1, 12_000)), 4)))]
+    threads[0].start()
     deadline = time.monotonic() + 60
+    while server.stats()["decode_running"] == 0:
+        assert time.monotonic() < deadline and not results[0], f"no decode: {results[0]}"
+        time.sleep(0.02)
+    threads[1].start()
     while server.stats()["prefill_running"] == 0:
         assert time.monotonic() < deadline, "the prefill never started"
         time.sleep(0.02)
     os.kill(rank1, signal.SIGKILL)
-    t.join(timeout=30)
-    assert not t.is_alive(), "the request hung after its rank died"
-    assert "tensor-parallel rank 1" in result["error"]["message"]
-    assert "SIGKILL" in result["error"]["message"]
+    for t in threads:
+        t.join(timeout=30)
+        assert not t.is_alive(), "a request hung after its rank died"
+    for result in results:  # whichever unit was running: both fail, naming the rank
+        assert "tensor-parallel rank 1" in result["error"]["message"]
+        assert "SIGKILL" in result["error"]["message"]
     server.proc.wait(timeout=30)  # the server stops by itself, not a clean exit
     assert server.proc.returncode not in (0, None)
     assert "tensor-parallel rank 1" in server.logs()

@@ -152,6 +152,7 @@ class RankGroup:
         self.size, self.timeout = engine.tp, engine.tp_timeout
         self.backend = backend_for(engine.device)
         self.failure: str | None = None
+        self._failed = threading.Event()
         self._callbacks: list[Callable[[str], None]] = []
         self._lock = threading.Lock()
         self._closing = False
@@ -262,6 +263,7 @@ class RankGroup:
                 return
             self.failure = message
             callbacks, self._callbacks = self._callbacks, []
+        self._failed.set()
         log.error("tensor-parallel group failed: %s", message)
         for cb in callbacks:
             try:
@@ -269,15 +271,11 @@ class RankGroup:
             except Exception:  # noqa: BLE001 - every callback gets its turn
                 log.exception("tensor-parallel failure callback failed")
 
-    def broken(self, reason: str) -> TPRankError:
+    def broken(self, reason: str, wait: float = 2.0) -> TPRankError:
         """The group failed on rank 0's side (a collective, a send): the error to raise,
-        naming the dead rank when one has died (its exit is seen within a moment)."""
-        deadline = time.monotonic() + 1.0
-        while self.failure is None and time.monotonic() < deadline:
-            if any(rk.proc.poll() is not None for rk in self.ranks):
-                time.sleep(0.01)  # its watcher is about to file the exit
-            else:
-                break
+        naming the dead rank when one died (a peer's death reaches the collective first;
+        its watcher files the exit a moment later, so wait up to `wait` s for it)."""
+        self._failed.wait(wait)
         self.fail(f"tensor-parallel group broken: {reason}")
         return TPRankError(self.failure or reason)
 
