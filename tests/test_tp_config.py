@@ -135,3 +135,27 @@ def test_tp_with_pd_is_refused_at_start():
     check_deploy(EngineConfig(tp=1), DeployConfig(mode="pd"))
     with pytest.raises(ValueError, match="engine.tp=2 with deploy=pd is not supported"):
         check_deploy(EngineConfig(tp=2), DeployConfig(mode="pd"))
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])  # untied head with QKV bias; tied head
+def test_checkpoint_shards_are_slices(arch, tmp_path):
+    pytest.importorskip("transformers")
+    from flowprefill.model.loading import load_model
+    from flowprefill.model.shard import load_shard
+    from tests.test_model_hf import save_tiny_hf
+
+    save_tiny_hf(arch, tmp_path)
+    cfg = ModelConfig(path=str(tmp_path))
+    full = load_model(cfg).weights
+    for rank in range(2):
+        w = load_shard(cfg, rank, 2, lambda t: t).weights
+        for got, lw in zip(w.layers, full.layers, strict=True):
+            want = shard_layer(lw, load_model(cfg).cfg, rank, 2)
+            for f in LayerWeights.__dataclass_fields__:
+                a, b = getattr(got, f), getattr(want, f)
+                assert (a is None and b is None) or torch.equal(a, b), f
+        assert torch.equal(w.embed, full.embed)
+        if arch == "llama":  # tied: the head is the (replicated) embedding on every rank
+            assert w.lm_head is w.embed
+        else:  # untied: rank 0 alone holds it
+            assert (w.lm_head is None) == (rank > 0)

@@ -34,7 +34,7 @@ from flowprefill.config import ModelConfig, NotShardable
 from flowprefill.config import check_tp as check_shardable
 from flowprefill.model import layers
 from flowprefill.model.decoder import Attend, Decoder, _compile
-from flowprefill.model.loading import DTYPES, hf_weights, resolve_config
+from flowprefill.model.loading import DTYPES, checkpoint_weights, resolve_config
 from flowprefill.model.weights import LayerWeights, ModelWeights, random_weights
 
 __all__ = ["NotShardable", "ShardedDecoder", "check_shardable", "load_shard", "shard_layer"]
@@ -129,13 +129,14 @@ def load_shard(cfg: ModelConfig, rank: int, tp: int, all_reduce: AllReduce,
                compile: bool = False) -> ShardedDecoder:
     """Rank `rank`'s decoder: the weights `load_model` would give, sliced layer by layer as
     they are read or drawn (one full layer at a time in host memory, never the whole model
-    at the engine dtype; a checkpoint is still read whole, at its stored dtype)."""
+    at the engine dtype; a checkpoint is still read whole, at its stored dtype: an HF
+    directory's safetensors, or a GGUF file dequantized)."""
     cfg = resolve_config(cfg)
     check_shardable(cfg, tp)
     fn = partial(shard_layer, cfg=cfg, rank=rank, tp=tp)
     torch_dtype = DTYPES[dtype]
     if cfg.path:
-        weights = hf_weights(cfg, cfg.path, layer_fn=fn)
+        weights = checkpoint_weights(cfg, layer_fn=fn)
         if rank > 0 and weights.lm_head is not weights.embed:
             weights = dataclasses.replace(weights, lm_head=None)
         weights = weights.to(device, torch_dtype)
