@@ -17,7 +17,13 @@ import hydra
 from omegaconf import DictConfig
 
 from flowprefill.config import register_configs
-from flowprefill.predictor.profile_data import meta_of, profile_file, read_rows, samples
+from flowprefill.predictor.profile_data import (
+    meta_of,
+    profile_file,
+    read_rows,
+    samples,
+    setting,
+)
 from flowprefill.predictor.training import SETTINGS_KEYS, Trained, TrainSettings, save, train
 
 COLORS = {"prompt": "tab:blue", "batch": "tab:green", "chunk": "tab:orange"}
@@ -80,7 +86,7 @@ def run(profile: Path, out: Path, settings: TrainSettings,
     artifact = save(trained, out, meta, str(profile_file(profile)))
     report = {"artifact": str(artifact), "model": meta["model"], "hardware": meta["hardware"],
               "stat": settings.stat,
-              **{k: meta.get(k) for k in SETTINGS_KEYS}, **trained.report}
+              **{k: setting(meta, k) for k in SETTINGS_KEYS}, **trained.report}
     (out / "report.json").write_text(json.dumps(report, indent=2))
     plot(trained, out / "predicted_vs_measured.png", f"{meta['model']} on {meta['hardware']}")
     return report

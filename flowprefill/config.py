@@ -107,6 +107,25 @@ class ModelConfig:
         return self.name
 
 
+class NotShardable(ValueError):
+    """A model cannot be split over `engine.tp` ranks (raised before anything loads)."""
+
+
+def check_tp(model: ModelConfig, tp: int) -> None:
+    """A clear error unless the query heads, the KV heads and the MLP width of `model` all
+    divide by `tp`: each tensor-parallel rank holds whole heads (`model.shard`)."""
+    if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:
+        raise NotShardable(f"engine.tp must be an integer >= 1, not {tp!r}")
+    bad = [f"model.{k}={getattr(model, k)}" for k in ("num_heads", "num_kv_heads",
+                                                      "intermediate_size")
+           if getattr(model, k) % tp]
+    if bad:
+        raise NotShardable(f"engine.tp={tp}: model {model.name} cannot be split over {tp} "
+                           f"ranks ({', '.join(bad)} not divisible by {tp}); each rank holds "
+                           f"whole query and KV heads. Use an engine.tp that divides "
+                           f"{model.num_kv_heads} (its KV heads) and {model.num_heads}")
+
+
 # Longest predicted unit (operator or token slice) the engine runs, by device, when
 # `engine.max_unit_ms` is not set. CPU: a 10 ms unit keeps a 25 ms urgent prefill behind a
 # long prompt within a 50 ms SLO, and slices of that size are still large GEMMs (hundreds of
@@ -139,7 +158,10 @@ class EngineConfig:
     num_kv_blocks: int = 4096  # KV pool size in blocks
     max_batch_tokens: int = 16384  # largest prefill batch the engine accepts
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
-    tp: int = 1  # tensor-parallel ranks
+    tp: int = 1  # tensor-parallel ranks: processes, one GPU each on CUDA (executor.tp)
+    # seconds a tensor-parallel collective, or a rank's start-up, may wait for the other ranks
+    # before the group counts as broken (a rank that dies is noticed at once, not after this)
+    tp_timeout: float = 120.0
 
     @property
     def max_unit_s(self) -> float:
@@ -190,6 +212,11 @@ class HardwareConfig:
     half_efficiency_tokens: int = 64  # tokens at which matmul efficiency reaches half of peak
     op_overhead: float = 2.0e-5  # fixed seconds per operator launch
     max_efficiency: float = 1.0  # fraction of peak_flops large GEMMs reach
+    # tensor parallelism (engine.tp > 1): the link between two ranks that each all-reduce
+    # crosses (GPUs: NVLink), its bandwidth each way per rank and the fixed cost of one
+    # all-reduce (the roofline prices a ring: latency + 2 (tp-1)/tp x bytes / bandwidth)
+    link_bandwidth: float = 6.0e8  # bytes/s (the defaults: the cpu preset's, measured)
+    link_latency: float = 2.5e-4  # seconds
 
 
 @dataclass(frozen=True)

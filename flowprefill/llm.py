@@ -14,7 +14,7 @@ from typing import Any
 
 from flowprefill.config import EngineConfig, ModelConfig, from_hydra, load_option
 from flowprefill.core import SLO, Job, Request
-from flowprefill.executor import ModelRunner, SamplingParams, make_generator, sample
+from flowprefill.executor import SamplingParams, make_generator, make_runner, sample
 from flowprefill.model import load_tokenizer
 
 Prompt = str | Sequence[int]
@@ -56,7 +56,7 @@ class LLM:
 
     def __init__(self, model: str = "tiny", engine: str = "auto", **overrides: Any) -> None:
         model_cfg, engine_cfg = resolve_configs(model, engine, **overrides)
-        self.runner = ModelRunner(model_cfg, engine_cfg)
+        self.runner = make_runner(model_cfg, engine_cfg)  # engine.tp > 1: rank 0 of a group
         self.model_config = self.runner.model_cfg
         self.tokenizer = load_tokenizer(self.model_config)
         self._next_id = 0

@@ -167,7 +167,8 @@ def replay_fidelity(cfg: DictConfig, run_dir: Path) -> dict:
         setup = SimSetup(model=model, hardware=hardware, policy=policy,
                          predictor=sim_pred, workload=workload, slo=slo,
                          sim=from_hydra(SimConfig, cfg.sim),
-                         metrics=MetricsConfig(warmup_requests=0))
+                         metrics=MetricsConfig(warmup_requests=0),
+                         tp=from_hydra(EngineConfig, cfg.engine).tp)
         requests = build_requests(workload, slo, cost_models(setup).truth.isolated_ttft)
         load_before = os.getloadavg()
         real, isolated = real_run(cfg, policy, requests, run_dir / name)

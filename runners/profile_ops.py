@@ -43,7 +43,7 @@ from flowprefill.config import (  # noqa: E402
     register_configs,
 )
 from flowprefill.core import OP_KINDS, SLO, ForwardPlan, Job, JobPlan, Request, op_kind  # noqa: E402
-from flowprefill.executor import ModelRunner  # noqa: E402
+from flowprefill.executor import ModelRunner, make_runner  # noqa: E402
 from flowprefill.predictor.profile_data import (  # noqa: E402
     IDENTITY,
     Point,
@@ -55,6 +55,7 @@ from flowprefill.predictor.profile_data import (  # noqa: E402
     point_row,
     profile_file,
     read_rows,
+    setting,
 )
 
 CLOCKS = {"wall": time.perf_counter, "thread_cpu": time.thread_time}
@@ -128,12 +129,11 @@ class Profiler:
 
     def decode_times(self, point: Point, runs: int) -> list[float]:
         """`runs` timed decode steps over sequences holding `context` tokens each."""
-        bm = self.runner.blocks
         seqs = []
         for _, ctx in point.shape:
             self._n += 1
             seqs.append(f"d{self._n}")
-            bm.allocate(seqs[-1], ctx)
+            self.runner.allocate(seqs[-1], ctx)  # (mirrored to tensor-parallel ranks)
         tokens = list(self._ids(len(seqs)))
         out = []
         try:
@@ -177,14 +177,15 @@ def run(model_cfg: ModelConfig, engine_cfg: EngineConfig, hardware: HardwareConf
         progress: bool = True, clock: str = "wall") -> Path:
     """Measure every grid point not yet in `out`; return the profile file."""
     check_clock(clock, engine_cfg)
-    runner = ModelRunner(model_cfg, engine_cfg)
+    runner = make_runner(model_cfg, engine_cfg)  # engine.tp > 1: every rank runs each point
     cfg = runner.model_cfg
     meta = {"type": "meta", "model": cfg.name, "num_layers": cfg.num_layers,
             "device": engine_cfg.device, "dtype": engine_cfg.dtype,
             "compile": engine_cfg.compile, "attention": engine_cfg.attention,
-            "hardware": hardware.name, "threads": engine_cfg.threads, "clock": clock,
-            "timed_on": "engine_thread",
-            "torch_threads": engine_cfg.threads or torch.get_num_threads(),
+            # threads as the runner resolved them (tp > 1 on the CPU splits the cores)
+            "hardware": hardware.name, "threads": runner.engine_cfg.threads,
+            "tp": engine_cfg.tp, "clock": clock, "timed_on": "engine_thread",
+            "torch_threads": runner.engine_cfg.threads or torch.get_num_threads(),
             "max_position": cfg.max_position,
             "machine": machine(), "time": time.time(),
             "settings": {"grid": dataclasses.asdict(grid), "warmup": warmup,
@@ -193,9 +194,9 @@ def run(model_cfg: ModelConfig, engine_cfg: EngineConfig, hardware: HardwareConf
     rows = read_rows(out)
     if rows:
         old = meta_of(rows)
-        if any(old.get(k) != meta[k] for k in IDENTITY):
+        if any(setting(old, k) != meta[k] for k in IDENTITY):
             raise ValueError(f"{profile_file(out)} was written with other settings: "
-                             f"{ {k: old.get(k) for k in IDENTITY} }")
+                             f"{ {k: setting(old, k) for k in IDENTITY} }")
     append_row(out, meta)
     todo = [p for p in grid_points(grid, cfg.max_position) if p.key not in done_keys(rows)]
     profiler = Profiler(runner, grid.seed, clock)
@@ -209,7 +210,10 @@ def run(model_cfg: ModelConfig, engine_cfg: EngineConfig, hardware: HardwareConf
             w = warmup if point.case == "decode" or size <= warmup_max_tokens else 0
             append_row(out, profiler.measure(point, w, repeats))
 
-    runner.run_in_thread(measure_all)  # a thread set up as the engine's prefill thread
+    try:
+        runner.run_in_thread(measure_all)  # a thread set up as the engine's prefill thread
+    finally:
+        runner.close()
     return profile_file(out)
 
 

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from flowprefill.config import (  # noqa: E402
+    EngineConfig,
     HardwareConfig,
     LoggerConfig,
     MetricsConfig,
@@ -54,6 +55,8 @@ def setup_from(cfg: DictConfig) -> SimSetup:
         search=from_hydra(SearchConfig, cfg.search),
         truth=from_hydra(PredictorConfig, truth) if truth and truth.kind else None,
         metrics=from_hydra(MetricsConfig, cfg.metrics),
+        # the engine group says how the simulated worker runs; only its tp prices anything
+        tp=from_hydra(EngineConfig, cfg.engine).tp if "engine" in cfg else 1,
     )
 
 

@@ -131,6 +131,7 @@ def test_train_on_a_real_profile_and_load_by_name(tiny_profile, tmp_path, monkey
     assert 0 <= report["heldout_mape"] < 1.0  # loose: the test machine is shared
     art = json.loads((out / "predictor.json").read_text())
     assert art["version"] == 2 and art["settings"]["device"] == "cpu" and "decode" in art
+    assert art["settings"]["tp"] == 1
     hw = HardwareConfig()
     fitted = make_predictor(PredictorConfig(kind="fitted", path="auto"), MODEL, hw)
     assert isinstance(fitted, FittedPredictor) and fitted.isolated_ttft(512) > 0
@@ -142,10 +143,12 @@ def test_train_on_a_real_profile_and_load_by_name(tiny_profile, tmp_path, monkey
                        HardwareConfig(name="a800"))
     auto = PredictorConfig(kind="fitted", path="auto")
     assert isinstance(make_predictor(auto, MODEL, hw, ENGINE), FittedPredictor)  # as profiled
-    for changed in ({"dtype": "bfloat16"}, {"threads": 1}, {"compile": True}):
+    for changed in ({"dtype": "bfloat16"}, {"threads": 1}, {"compile": True}, {"tp": 2}):
         key = next(iter(changed))  # an engine the profile did not time: named, not guessed
         with pytest.raises(ValueError, match=f"engine.{key}"):
             make_predictor(auto, MODEL, hw, dataclasses.replace(ENGINE, **changed))
+    with pytest.raises(ValueError, match="engine.tp"):  # a simulation of tp=2: no engine
+        make_predictor(auto, MODEL, hw, tp=2)
     with pytest.raises(FileNotFoundError, match="train_predictor"):
         make_predictor(PredictorConfig(kind="fitted", path="auto"),
                        ModelConfig(name="other", num_layers=1), hw)

@@ -15,7 +15,7 @@ from flowprefill.config import (
     load_option,
 )
 from flowprefill.engine.local import LocalEngine
-from flowprefill.executor import ModelRunner
+from flowprefill.executor import make_runner
 from flowprefill.executor.device import hardware_preset
 from flowprefill.model.tokenizer import load_tokenizer
 from flowprefill.predictor import make_predictor
@@ -36,10 +36,17 @@ def build_local_engine(model: ModelConfig, engine: EngineConfig, policy: PolicyC
                        **kwargs: Any) -> E:
     """A colocated engine (or, via `engine_cls`, a `deploy=pd` prefill-only or decode-only
     one), not yet started. The predictor prices the resolved model (a checkpoint's
-    config.json wins over the preset)."""
-    runner = ModelRunner(model, engine)
-    resolved, engine = runner.model_cfg, runner.engine_cfg
-    hardware = resolve_hardware(hardware, engine)
-    return engine_cls(runner, load_tokenizer(resolved), policy,
-                      make_predictor(predictor, resolved, hardware, engine), model.served_name,
-                      max_decode_batch, hardware=hardware.name, **kwargs)
+    config.json wins over the preset). With `engine.tp > 1` the runner is rank 0 of a
+    tensor-parallel group; if a rank dies, every request in flight fails with its message."""
+    runner = make_runner(model, engine)
+    try:
+        resolved, engine = runner.model_cfg, runner.engine_cfg
+        hardware = resolve_hardware(hardware, engine)
+        eng = engine_cls(runner, load_tokenizer(resolved), policy,
+                         make_predictor(predictor, resolved, hardware, engine),
+                         model.served_name, max_decode_batch, hardware=hardware.name, **kwargs)
+    except BaseException:
+        runner.close()
+        raise
+    runner.on_failure(eng.fail_all)
+    return eng

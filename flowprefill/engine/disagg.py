@@ -79,7 +79,7 @@ class DecodeOnlyEngine(LocalEngine):
 
     def reserve(self, request_id: str, num_tokens: int) -> list[int]:
         """Blocks for a request's prompt KV (raises OutOfBlocksError); the caller fills them."""
-        return self.runner.blocks.allocate(request_id, num_tokens)
+        return self.runner.allocate(request_id, num_tokens)
 
     def resume(self, request: Request, sampling: SamplingParams, first_token: int,
                generator_state: bytes | None = None, recompute: bool = False) -> OutputStream:

@@ -75,6 +75,17 @@ class LocalEngine:
         for rid in list(self.streams):
             self.abort(rid)
         self.loop.stop()
+        self.runner.close()
+
+    def fail_all(self, message: str) -> None:
+        """Any thread: the runner can no longer run (a tensor-parallel rank died). Every
+        request in flight fails with `message` now, and the loop drops it (its KV too)."""
+        now = self.clock.now()
+        for rid, stream in list(self.streams.items()):
+            if not stream.finished:
+                stream.fail(message, now)
+            stream.aborted = True
+            self.loop.submit(Abort(rid))
 
     # ------------------------------------------------------------------ EngineClient
     def now(self) -> float:
@@ -149,4 +160,5 @@ class LocalEngine:
             "kv_blocks_total": blocks.num_blocks,
             "kv_blocks_free": blocks.num_free,
             "kv_usage": 1.0 - blocks.num_free / blocks.num_blocks,
+            "tp_size": self.runner.engine_cfg.tp,
         }

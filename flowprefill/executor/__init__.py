@@ -9,7 +9,7 @@ about the scheduler's policies, the predictor, event queues or clocks.
 from flowprefill.executor.batch import Piece, PrefillBatch, build_decode_batch, build_prefill_batch
 from flowprefill.executor.memory import ModelDoesNotFit, check_fits, plan_memory
 from flowprefill.executor.prefill_job import PrefillJob
-from flowprefill.executor.runner import ModelRunner
+from flowprefill.executor.runner import ModelRunner, make_runner
 from flowprefill.executor.sampling import SamplingParams, make_generator, sample
 from flowprefill.executor.timeline import CPUTimeline, CUDATimeline, make_timeline
 
@@ -26,6 +26,7 @@ __all__ = [
     "build_prefill_batch",
     "check_fits",
     "make_generator",
+    "make_runner",
     "make_timeline",
     "plan_memory",
     "sample",

@@ -33,6 +33,9 @@ T = TypeVar("T")
 
 
 class ModelRunner:
+    job_cls = PrefillJob  # what `prefill_job` makes (tensor-parallel rank 0: a mirrored one)
+    failure: str | None = None  # why the runner can no longer run (None: it can)
+
     def __init__(self, model_cfg: ModelConfig, engine_cfg: EngineConfig,
                  model: Decoder | None = None) -> None:
         engine_cfg = self.engine_cfg = device.resolve(engine_cfg)
@@ -47,7 +50,7 @@ class ModelRunner:
         cfg = self.model_cfg = self.model.cfg  # resolved (a checkpoint's config.json wins)
         self.blocks = BlockManager(engine_cfg.num_kv_blocks, engine_cfg.block_size)
         self.pool = KVPool(cfg.num_layers, engine_cfg.num_kv_blocks, engine_cfg.block_size,
-                           cfg.num_kv_heads, cfg.dim_head, DTYPES[engine_cfg.dtype],
+                           self.model.kv_heads, cfg.dim_head, DTYPES[engine_cfg.dtype],
                            engine_cfg.device)
         self.backend = make_backend(engine_cfg.attention)
         cuda = engine_cfg.device == "cuda"
@@ -128,7 +131,7 @@ class ModelRunner:
             raise ValueError(f"prompts longer than max_position "
                              f"{self.model_cfg.max_position}: {too_long}")
         self.blocks.allocate_all(job.request_ids, [len(t) for t in ids])
-        return PrefillJob(self, job, ids)
+        return self.job_cls(self, job, ids)
 
     # ------------------------------------------------------------------ decode
     def decode(self, seq_ids: Sequence[str], token_ids: Sequence[int]) -> torch.Tensor:
@@ -151,6 +154,11 @@ class ModelRunner:
         return self.model.head(hidden)
 
     # ------------------------------------------------------------------ KV ownership
+    def allocate(self, seq_id: str, num_tokens: int) -> list[int]:
+        """Blocks for the first `num_tokens` tokens of a new sequence whose KV is filled from
+        elsewhere (a KV transfer, a profiler's synthetic context); all or nothing."""
+        return self.blocks.allocate(seq_id, num_tokens)
+
     def free(self, seq_id: str) -> None:
         """Release a sequence's KV blocks (finished, aborted, or handed to another worker)."""
         self.blocks.free(seq_id)
@@ -163,3 +171,20 @@ class ModelRunner:
         slots = (table[pos // self.blocks.block_size] * self.blocks.block_size
                  + pos % self.blocks.block_size).to(self.pool.kv.device)
         return self.pool.gather(layer, slots)
+
+    def on_failure(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(message)` if the runner stops being able to run (a tensor-parallel
+        rank died); a runner alone fails by raising from the call that failed, so never."""
+
+    def close(self) -> None:
+        """Release what the runner holds beyond memory (tensor-parallel ranks); idempotent."""
+
+
+def make_runner(model_cfg: ModelConfig, engine_cfg: EngineConfig) -> ModelRunner:
+    """The runner an engine config asks for: this process alone (`engine.tp=1`), or rank 0
+    of a tensor-parallel group that starts the other ranks (`executor.tp`)."""
+    if engine_cfg.tp == 1:
+        return ModelRunner(model_cfg, engine_cfg)
+    from flowprefill.executor.tp import TPModelRunner
+
+    return TPModelRunner(model_cfg, engine_cfg)

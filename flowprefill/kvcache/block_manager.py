@@ -148,3 +148,10 @@ class BlockManager:
             self._refs[b] -= 1
             if self._refs[b] == 0:
                 self._free.append(b)
+
+    def snapshot(self) -> tuple[tuple[int, ...], tuple[tuple[str, tuple[int, ...], int], ...]]:
+        """The whole state, comparable between two managers fed the same calls: the free list
+        in order, and each sequence's (id, blocks, tokens) sorted by id."""
+        with self._lock:
+            return tuple(self._free), tuple(sorted(
+                (s, tuple(q.blocks), q.num_tokens) for s, q in self._seqs.items()))

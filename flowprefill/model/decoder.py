@@ -57,6 +57,11 @@ class Decoder:
     def num_ops(self) -> int:
         return ops_per_forward(self.cfg.num_layers)
 
+    @property
+    def kv_heads(self) -> int:
+        """KV heads this decoder's attention writes (a tensor-parallel shard: its share)."""
+        return self.cfg.num_kv_heads
+
     def op_kind(self, op: int) -> tuple[OpKind, int]:
         """(kind, layer) of operator `op` (the table is `core.ops`'); layer -1 for embed/final."""
         return op_kind(op, self.num_layers), op_layer(op, self.num_layers)

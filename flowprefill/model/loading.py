@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -117,13 +117,20 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def hf_weights(cfg: ModelConfig, path: str | Path) -> ModelWeights:
+LayerFn = Callable[[LayerWeights], LayerWeights]  # e.g. a tensor-parallel rank's slicing
+
+
+def hf_weights(cfg: ModelConfig, path: str | Path, layer_fn: LayerFn | None = None
+               ) -> ModelWeights:
     """Read HF-named tensors and fuse QKV and gate/up (fp32 on CPU; moved later)."""
-    return fuse_hf(cfg, _read_safetensors(Path(path)))
+    return fuse_hf(cfg, _read_safetensors(Path(path)), layer_fn)
 
 
-def fuse_hf(cfg: ModelConfig, t: Mapping[str, torch.Tensor]) -> ModelWeights:
-    """Our weights from HF-named tensors: QKV and gate/up fused, lm_head tied when asked."""
+def fuse_hf(cfg: ModelConfig, t: Mapping[str, torch.Tensor], layer_fn: LayerFn | None = None
+            ) -> ModelWeights:
+    """Our weights from HF-named tensors: QKV and gate/up fused, lm_head tied when asked.
+    `layer_fn` maps each fused layer as it is built (a tensor-parallel shard keeps only its
+    slices, so one full layer at a time exists in fp32)."""
 
     def get(name: str) -> torch.Tensor:
         return t[name].float()
@@ -133,7 +140,7 @@ def fuse_hf(cfg: ModelConfig, t: Mapping[str, torch.Tensor]) -> ModelWeights:
         p = f"model.layers.{i}."
         a = p + "self_attn."
         bias = f"{a}q_proj.bias" in t
-        layers.append(LayerWeights(
+        lw = LayerWeights(
             input_norm=get(p + "input_layernorm.weight"),
             qkv_w=torch.cat([get(f"{a}{x}_proj.weight") for x in "qkv"]),
             qkv_b=torch.cat([get(f"{a}{x}_proj.bias") for x in "qkv"]) if bias else None,
@@ -141,7 +148,8 @@ def fuse_hf(cfg: ModelConfig, t: Mapping[str, torch.Tensor]) -> ModelWeights:
             post_norm=get(p + "post_attention_layernorm.weight"),
             gate_up_w=torch.cat([get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")]),
             down_w=get(p + "mlp.down_proj.weight"),
-        ))
+        )
+        layers.append(lw if layer_fn is None else layer_fn(lw))
     embed = get("model.embed_tokens.weight")
     head = embed if cfg.tie_word_embeddings or "lm_head.weight" not in t else get("lm_head.weight")
     return ModelWeights(embed, layers, get("model.norm.weight"), head)
@@ -174,11 +182,15 @@ def load_model(cfg: ModelConfig, device: str = "cpu", dtype: str = "float32",
     cfg = resolve_config(cfg)
     if not cfg.path:
         return Decoder(cfg, random_weights(cfg, torch_dtype, device), compile=compile)
+    return Decoder(cfg, checkpoint_weights(cfg).to(device, torch_dtype), compile=compile)
+
+
+def checkpoint_weights(cfg: ModelConfig, layer_fn: LayerFn | None = None) -> ModelWeights:
+    """The weights of a resolved config's checkpoint (`cfg.path`: an HF directory or a GGUF
+    file), fp32 on the CPU, each layer through `layer_fn` when given."""
     src = resolve_path(cfg.path)
     if is_gguf(src):
         from flowprefill.model.gguf import hf_tensors, open_gguf
 
-        weights = fuse_hf(cfg, hf_tensors(cfg, open_gguf(src)))
-    else:
-        weights = hf_weights(cfg, src)
-    return Decoder(cfg, weights.to(device, torch_dtype), compile=compile)
+        return fuse_hf(cfg, hf_tensors(cfg, open_gguf(src)), layer_fn)
+    return hf_weights(cfg, src, layer_fn)

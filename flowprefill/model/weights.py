@@ -6,6 +6,7 @@ which is what lets one compiled graph serve every layer. QKV and gate/up are sto
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -49,7 +50,9 @@ def qkv_rows(cfg: ModelConfig) -> int:
 
 
 def random_weights(cfg: ModelConfig, dtype: torch.dtype = torch.float32,
-                   device: str | torch.device = "cpu", on_device: bool = False) -> ModelWeights:
+                   device: str | torch.device = "cpu", on_device: bool = False,
+                   layer_fn: Callable[[LayerWeights], LayerWeights] | None = None
+                   ) -> ModelWeights:
     """Normal(0, 0.02) matrices and biases, unit norms; a pure function of `cfg.seed`.
 
     Tensors are filled in place from one generator in a fixed order (fast: no nn.Linear
@@ -57,29 +60,39 @@ def random_weights(cfg: ModelConfig, dtype: torch.dtype = torch.float32,
     at once, so the fp32 copy of the whole model never exists. The generator is the CPU's,
     so the weights are the same on every device; `on_device` draws them on the target device
     instead (a 7B model in seconds on a GPU; other values than the CPU's, still seeded).
+    `layer_fn` maps each layer as drawn (fp32, where drawn) before it is converted, e.g. to
+    a tensor-parallel shard: the values are the same as slicing the converted full model.
     """
     where = torch.device(device) if on_device else torch.device("cpu")
     g = torch.Generator(device=where).manual_seed(cfg.seed)
     h, i, hd = cfg.hidden_size, cfg.intermediate_size, cfg.dim_head
 
-    def normal(*shape: int) -> torch.Tensor:
+    def normal(*shape: int, convert: bool = True) -> torch.Tensor:
         t = torch.empty(*shape, device=where).normal_(0.0, INIT_STD, generator=g)
-        return t.to(device=device, dtype=dtype)
+        return t.to(device=device, dtype=dtype) if convert else t
 
     def ones(n: int) -> torch.Tensor:
         return torch.ones(n, device=device, dtype=dtype)
 
+    def cv(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.to(device=device, dtype=dtype)
+
     embed = normal(cfg.vocab_size, h)
     layers = []
+    direct = layer_fn is None  # convert each tensor as drawn; else after layer_fn
     for _ in range(cfg.num_layers):
-        layers.append(LayerWeights(
+        lw = LayerWeights(
             input_norm=ones(h),
-            qkv_w=normal(qkv_rows(cfg), h),
-            qkv_b=normal(qkv_rows(cfg)) if cfg.attention_bias else None,
-            o_w=normal(h, cfg.num_heads * hd),
+            qkv_w=normal(qkv_rows(cfg), h, convert=direct),
+            qkv_b=normal(qkv_rows(cfg), convert=direct) if cfg.attention_bias else None,
+            o_w=normal(h, cfg.num_heads * hd, convert=direct),
             post_norm=ones(h),
-            gate_up_w=normal(2 * i, h),
-            down_w=normal(h, i),
-        ))
+            gate_up_w=normal(2 * i, h, convert=direct),
+            down_w=normal(h, i, convert=direct),
+        )
+        if not direct:
+            lw = LayerWeights(*(cv(getattr(layer_fn(lw), f))
+                                for f in LayerWeights.__dataclass_fields__))
+        layers.append(lw)
     head = embed if cfg.tie_word_embeddings else normal(cfg.vocab_size, h)
     return ModelWeights(embed, layers, ones(h), head)

@@ -47,10 +47,12 @@ def fit_cubic(lengths: Sequence[float], seconds: Sequence[float],
 
 
 def save_cubic(directory: str | Path, coefs: Sequence[float], *, num_layers: int, model: str,
-               hardware: str, meta: dict | None = None) -> Path:
+               hardware: str, meta: dict | None = None,
+               settings: Mapping[str, Any] | None = None) -> Path:
     p = Path(directory) / CUBIC_FILENAME
     p.write_text(json.dumps({"format": CUBIC_FORMAT, "version": CUBIC_VERSION, "model": model,
                              "hardware": hardware, "num_layers": num_layers,
+                             "settings": dict(settings or {}),
                              "coefs": list(coefs), "meta": meta or {}}, indent=2))
     return p
 

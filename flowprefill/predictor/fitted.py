@@ -28,6 +28,7 @@ from typing import Any
 
 from flowprefill.predictor.base import Predictor
 from flowprefill.predictor.cost import OP_KINDS, BatchShape
+from flowprefill.predictor.profile_data import SETTING_DEFAULTS, setting
 
 ARTIFACT_FORMAT = "flowprefill-predictor"
 ARTIFACT_VERSION = 2
@@ -135,10 +136,12 @@ def check_identity(path: Path, data: Mapping[str, Any], num_layers: int | None,
                              f"{key}={want!r} (re-profile and train, or pass another path)")
     have = data.get("settings", {})
     for key, want in (settings or {}).items():
-        if key in have and have[key] != want:
-            raise ValueError(f"{path}: profiled with engine.{key}={have[key]!r}, this engine "
-                             f"has engine.{key}={want!r} (profile and train with these "
-                             "settings, or name the artifact in predictor.path)")
+        if key not in have and key not in SETTING_DEFAULTS:
+            continue  # not recorded by this artifact's version: nothing to compare
+        if setting(have, key) != want:
+            raise ValueError(f"{path}: profiled with engine.{key}={setting(have, key)!r}, "
+                             f"this engine has engine.{key}={want!r} (profile and train with "
+                             "these settings, or name the artifact in predictor.path)")
 
 
 class FittedPredictor(Predictor):

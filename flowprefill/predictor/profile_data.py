@@ -32,8 +32,15 @@ CASES = ("prompt", "batch", "chunk", "decode")
 # Settings a profile and the run reading it must agree on (a mixed file is an error).
 # engine settings a profile records and `predictor.path=auto` must match (they change the
 # costs); the one list, which the identity here and the artifact's settings extend
-ENGINE_SETTINGS = ("device", "dtype", "compile", "attention", "threads")
+ENGINE_SETTINGS = ("device", "dtype", "compile", "attention", "threads", "tp")
 IDENTITY = ("model", "num_layers", "hardware", *ENGINE_SETTINGS, "clock", "timed_on")
+# what a profile or an artifact written before a setting existed was run with
+SETTING_DEFAULTS = {"tp": 1}
+
+
+def setting(meta: Mapping[str, Any], key: str) -> Any:
+    """`meta[key]`, or the value every run had before `key` was recorded."""
+    return meta.get(key, SETTING_DEFAULTS.get(key))
 
 
 @dataclass(frozen=True)
@@ -158,9 +165,9 @@ def meta_of(rows: Iterable[Mapping[str, Any]]) -> dict:
     metas = [r for r in rows if r.get("type") == "meta"]
     if not metas:
         raise ValueError("profile has no meta row")
-    first = {k: metas[0].get(k) for k in IDENTITY}
+    first = {k: setting(metas[0], k) for k in IDENTITY}
     for m in metas[1:]:
-        other = {k: m.get(k) for k in IDENTITY}
+        other = {k: setting(m, k) for k in IDENTITY}
         if other != first:
             raise ValueError(f"profile mixes settings: {first} vs {other}")
     return dict(metas[-1])

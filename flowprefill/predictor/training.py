@@ -25,7 +25,7 @@ from flowprefill.predictor.fit import (
     mape,
 )
 from flowprefill.predictor.fitted import FittedPredictor, save_artifact
-from flowprefill.predictor.profile_data import ENGINE_SETTINGS, Sample
+from flowprefill.predictor.profile_data import ENGINE_SETTINGS, Sample, setting
 
 # what an artifact records of the profiled engine: its settings and how it was timed
 SETTINGS_KEYS = (*ENGINE_SETTINGS, "clock")
@@ -143,9 +143,11 @@ def save(trained: Trained, out_dir: str | Path, meta: Mapping[str, Any],
     common = dict(num_layers=int(meta["num_layers"]), model=str(meta["model"]),
                   hardware=str(meta["hardware"]))
     fit_meta |= {"profile": profile, "machine": meta.get("machine", {})}
+    settings = {k: setting(meta, k) for k in SETTINGS_KEYS}
     save_cubic(d, trained.cubic, meta={"cubic_heldout_mape": r["cubic_heldout_mape"],
-                                       "dropped": trained.cubic_dropped}, **common)
+                                       "dropped": trained.cubic_dropped}, settings=settings,
+               **common)
     return save_artifact(
         d / "predictor.json", {k: f.coefs for k, f in trained.ops.items()},
-        settings={k: meta.get(k) for k in SETTINGS_KEYS},
+        settings=settings,
         decode=trained.decode.coefs if trained.decode else None, meta=fit_meta, **common)

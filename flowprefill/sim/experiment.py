@@ -57,6 +57,7 @@ class SimSetup:
     search: SearchConfig = field(default_factory=SearchConfig)
     truth: PredictorConfig | None = None  # None: the device is charged from `predictor`
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tp: int = 1  # tensor-parallel ranks of the simulated worker (engine.tp): priced per rank
 
 
 @dataclass(frozen=True)
@@ -69,14 +70,14 @@ class CostModels:
 
 def cost_models(setup: SimSetup) -> CostModels:
     """Build the predictor and the truth a setup names (oracle: the truth for both)."""
-    truth = (make_predictor(setup.truth, setup.model, setup.hardware)
+    truth = (make_predictor(setup.truth, setup.model, setup.hardware, tp=setup.tp)
              if setup.truth is not None else None)
     if setup.predictor.kind == ORACLE:
         if truth is None:
             raise ValueError("predictor=oracle schedules with the truth cost model; name one "
                              "with truth.kind=roofline (or truth.kind=fitted truth.path=...)")
         return CostModels(truth, truth)
-    pred = make_predictor(setup.predictor, setup.model, setup.hardware)
+    pred = make_predictor(setup.predictor, setup.model, setup.hardware, tp=setup.tp)
     return CostModels(pred, truth or pred)
 
 
@@ -123,6 +124,7 @@ def header(setup: SimSetup) -> dict:
         "policy_config": dataclasses.asdict(setup.policy),
         "model": setup.model.name,
         "hardware": setup.hardware.name,
+        "tp": setup.tp,
         "predictor": setup.predictor.kind,
         "truth": setup.truth.kind if setup.truth is not None else setup.predictor.kind,
         "workload": setup.workload.name,
