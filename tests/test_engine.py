@@ -69,3 +69,24 @@ def test_vanishing_temperature_is_greedy_not_a_crash(engine):
     cold = asyncio.run(collect(engine, req, temperature=1e-300))
     greedy = asyncio.run(collect(engine, request(engine, "greedy", 12, 3)))
     assert [o.token_id for o in cold] == [o.token_id for o in greedy]
+
+
+def test_a_failing_decode_step_fails_its_requests_and_the_engine_goes_on(engine):
+    calls = {"n": 0}
+    real = engine.runner.decode
+
+    def flaky(ids, tokens):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("injected")
+        return real(ids, tokens)
+
+    engine.runner.decode = flaky
+    try:
+        outs = asyncio.run(collect(engine, request(engine, "flaky", 20)))
+        assert outs[-1].finish_reason == "error" and "decode failed: injected" in outs[-1].error
+        again = asyncio.run(collect(engine, request(engine, "after", 20)))  # still serving
+        assert again[-1].finish_reason == "length"
+    finally:
+        engine.runner.decode = real
+    assert engine.stats()["kv_blocks_free"] == 64 and not engine.streams

@@ -88,8 +88,7 @@ class EngineLoop:
                     if self._news:  # follow-ups reach the scheduler before any unit runs
                         continue
                 if self._decode_due():
-                    self._news.append(self.units.decode_step(self.decision.decode))
-                    self.decision = Decision(run=self.decision.run)  # the step is done
+                    self._decode_step(self.decision.decode)
                 elif self.current is not None:
                     self._prefill_unit(self.current)
 
@@ -158,6 +157,14 @@ class EngineLoop:
             self.current = self.jobs[d.run.job_id]
         else:
             self.current = self._start(d)
+
+    def _decode_step(self, ids: tuple[str, ...]) -> None:
+        self.decision = Decision(run=self.decision.run)  # the step is taken
+        try:
+            self._news.append(self.units.decode_step(ids))
+        except Exception as e:  # noqa: BLE001 - one bad step must not stop the engine
+            log.exception("decode step of %d sequences failed", len(ids))
+            self._news += self.units.fail_decode(ids, f"decode failed: {e}")
 
     def _start(self, d: Decision) -> PrefillJob | None:
         try:

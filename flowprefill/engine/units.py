@@ -164,6 +164,16 @@ class UnitRunner:
                 s.fail(message, now)
         return [Abort(rid) for rid in job.request_ids]
 
+    def fail_decode(self, ids: tuple[str, ...], message: str) -> list[Event]:
+        """Fail decoding sequences to their clients and free their KV; the aborts the
+        scheduler must hear."""
+        now = self.clock.now()
+        for rid in ids:
+            if (s := self.streams.get(rid)) is not None and not s.finished:
+                s.fail(message, now)
+            self.aborted(rid)
+        return [Abort(rid) for rid in ids]
+
     def suspended(self, jobs: list[PrefillJob]) -> None:
         for job in jobs:
             for r in job.job.requests:
