@@ -144,7 +144,7 @@ def test_packed_batch_last_logits_match_transformers(hf, lengths):
 
 def test_greedy_decode_equals_transformers(tmp_path):
     model = save_tiny_llama31(tmp_path, sharpen=5.0)
-    llm = LLM(model=str(tmp_path), num_kv_blocks=64)
+    llm = LLM(model=str(tmp_path), num_kv_blocks=64, **CPU_FP32)  # transformers' fp32
     assert llm.runner.model_cfg.rope_scaling.rope_type == "llama3"
     prompts = _prompts([210, 250], seed=3)
     outs = llm.generate(prompts, max_tokens=10)  # packed prefill, batched decode past 200

@@ -3,9 +3,10 @@
 Fresh prefill segments attend over their own contiguous k/v with `is_causal` (no gather from
 the pool); segments with cached context gather their keys from the pool by slot and use a
 bottom-right-aligned causal mask. Decode pads the batch to the longest context and attends
-with two batched matmuls around an fp32 softmax, each query head group against its KV head:
+with two batched fp32 matmuls around the softmax, each query head group against its KV head:
 with one query row per sequence, SDPA's fused CPU kernel is built for long queries and was
-8-13x slower here (SmolLM2 shapes, 16 sequences of 256-1024 tokens, bf16).
+~3x slower here (SmolLM2 shapes, 16 sequences of 256 tokens, bf16); at 1024-token contexts
+the two are even.
 """
 
 from __future__ import annotations
@@ -47,11 +48,13 @@ class TorchBackend:
         kc, vc = pool.gather(layer, meta.ctx_slots)  # [B, Lmax, kvh, hd]
         b, nh, hd = q.shape
         kvh = kc.shape[2]
-        qg = q.view(b, kvh, nh // kvh, hd)  # query heads grouped by their KV head
-        scores = torch.matmul(qg, kc.permute(0, 2, 3, 1)) * hd ** -0.5  # [B, kvh, g, Lmax]
-        scores = scores.float().masked_fill(~meta.mask, float("-inf")).softmax(-1)
-        o = torch.matmul(scores.to(q.dtype), vc.transpose(1, 2))  # [B, kvh, g, hd]
-        return o.reshape(b, nh, hd)
+        # in fp32, as SDPA computes: bf16 scores of 64-term dot products move the softmax by
+        # a few percent; the copies cost less than SDPA's overhead at these shapes
+        qg = q.view(b, kvh, nh // kvh, hd).float()  # query heads grouped by their KV head
+        scores = torch.matmul(qg, kc.permute(0, 2, 3, 1).float()) * hd ** -0.5  # [B,kvh,g,L]
+        scores = scores.masked_fill(~meta.mask, float("-inf")).softmax(-1)
+        o = torch.matmul(scores, vc.transpose(1, 2).float())  # [B, kvh, g, hd]
+        return o.reshape(b, nh, hd).to(q.dtype)
 
 
 def _causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
