@@ -157,7 +157,7 @@ class EngineConfig:
     block_size: int = 16  # tokens per KV block
     num_kv_blocks: int = 4096  # KV pool size in blocks
     max_batch_tokens: int = 16384  # largest prefill batch the engine accepts
-    threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+    threads: int = 0  # torch intra-op threads on CPU; 0: the cores less one, per tp rank
     tp: int = 1  # tensor-parallel ranks: processes, one GPU each on CUDA (executor.tp)
     # seconds a tensor-parallel collective, or a rank's start-up, may wait for the other ranks
     # before the group counts as broken (a rank that dies is noticed at once, not after this)

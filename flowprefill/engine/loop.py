@@ -77,8 +77,7 @@ class EngineLoop:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:
-        self.runner.use_threads()
-        with self.units.inference():
+        with self.runner.use_threads(), self.units.inference():
             while True:
                 events = self._gather()
                 if events is None:

@@ -39,8 +39,6 @@ class ModelRunner:
     def __init__(self, model_cfg: ModelConfig, engine_cfg: EngineConfig,
                  model: Decoder | None = None) -> None:
         engine_cfg = self.engine_cfg = device.resolve(engine_cfg)
-        if engine_cfg.threads > 0 and engine_cfg.device == "cpu":
-            torch.set_num_threads(engine_cfg.threads)
         if model is None:
             model_cfg = resolve_config(model_cfg)
             check_fits(model_cfg, engine_cfg)
@@ -65,13 +63,21 @@ class ModelRunner:
     def device(self) -> torch.device:
         return self.pool.kv.device
 
-    def use_threads(self) -> None:
-        """Give the calling thread this runner's intra-op thread count. Call it at the start
-        of every thread that runs this runner's tensors: OpenMP settings are per thread, and
-        a new thread starts from the default, not from what the constructing thread set.
-        With `engine.threads=0` (torch's default) the thread is left as it starts."""
-        if self.engine_cfg.threads > 0 and self.engine_cfg.device == "cpu":
-            torch.set_num_threads(self.engine_cfg.threads)
+    @contextlib.contextmanager
+    def use_threads(self) -> Iterator[None]:
+        """The body runs with this runner's intra-op thread count (`engine.threads`, resolved)
+        on the calling thread, which gets its own count back after. The engine's thread and
+        profiling use it; OpenMP settings are per thread, so the caller's other work (the
+        offline API, a test) keeps torch's default."""
+        if self.engine_cfg.device != "cpu" or self.engine_cfg.threads <= 0:
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.engine_cfg.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def run_in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` on a fresh thread set up as the engine sets up its thread (the
@@ -83,9 +89,8 @@ class ModelRunner:
         out: dict[str, Any] = {}
 
         def body() -> None:
-            self.use_threads()
             try:
-                with torch.inference_mode():
+                with self.use_threads(), torch.inference_mode():
                     out["result"] = fn(*args)
             except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
                 out["error"] = e

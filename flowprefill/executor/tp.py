@@ -19,8 +19,6 @@ fails before any collective, on every rank alike. Must not know about policies o
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 
@@ -43,17 +41,7 @@ from flowprefill.kvcache import BlockManager
 from flowprefill.model.loading import resolve_config
 from flowprefill.model.shard import check_shardable, load_shard
 
-__all__ = ["MirroredPrefillJob", "TPModelRunner", "TPRankError", "rank_engine", "state_digest"]
-
-
-def rank_engine(engine: EngineConfig) -> EngineConfig:
-    """A resolved engine as each rank runs it: on the CPU, `threads=0` becomes this process's
-    cores split over the ranks (N processes with every core each would oversubscribe)."""
-    if engine.device == "cpu" and engine.threads == 0:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-            os.cpu_count() or 1)
-        return dataclasses.replace(engine, threads=max(1, cores // engine.tp))
-    return engine
+__all__ = ["MirroredPrefillJob", "TPModelRunner", "TPRankError", "state_digest"]
 
 
 def state_digest(blocks: BlockManager, jobs: Iterable[PrefillJob]) -> tuple:
@@ -98,7 +86,7 @@ class TPModelRunner(ModelRunner):
     job_cls = MirroredPrefillJob
 
     def __init__(self, model_cfg: ModelConfig, engine_cfg: EngineConfig) -> None:
-        engine_cfg = rank_engine(device.resolve(engine_cfg))
+        engine_cfg = device.resolve(engine_cfg)  # threads: this process's cores per rank
         model_cfg = resolve_config(model_cfg)
         tp = engine_cfg.tp
         check_shardable(model_cfg, tp)

@@ -87,8 +87,7 @@ class Replayer:
 
     def serve(self, sock: socket.socket, reader: Any) -> int:
         rn = self.runner
-        rn.use_threads()
-        with torch.inference_mode(), rn.on(rn.prefill_stream):
+        with rn.use_threads(), torch.inference_mode(), rn.on(rn.prefill_stream):
             while True:
                 try:
                     cmd = recv_msg(reader)
