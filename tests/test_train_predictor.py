@@ -11,6 +11,7 @@ import random
 import pytest
 
 from flowprefill.config import HardwareConfig, ModelConfig, PredictorConfig
+from flowprefill.executor.device import resolve
 from flowprefill.predictor import (
     CubicPredictor,
     FittedPredictor,
@@ -142,11 +143,13 @@ def test_train_on_a_real_profile_and_load_by_name(tiny_profile, tmp_path, monkey
         make_predictor(PredictorConfig(kind="fitted", path="auto"), MODEL,
                        HardwareConfig(name="a800"))
     auto = PredictorConfig(kind="fitted", path="auto")
-    assert isinstance(make_predictor(auto, MODEL, hw, ENGINE), FittedPredictor)  # as profiled
-    for changed in ({"dtype": "bfloat16"}, {"threads": 1}, {"compile": True}, {"tp": 2}):
+    engine = resolve(ENGINE)  # the engine prices its resolved settings (threads=0 decided)
+    assert isinstance(make_predictor(auto, MODEL, hw, engine), FittedPredictor)  # as profiled
+    for changed in ({"dtype": "bfloat16"}, {"threads": engine.threads + 1}, {"compile": True},
+                    {"tp": 2}):
         key = next(iter(changed))  # an engine the profile did not time: named, not guessed
         with pytest.raises(ValueError, match=f"engine.{key}"):
-            make_predictor(auto, MODEL, hw, dataclasses.replace(ENGINE, **changed))
+            make_predictor(auto, MODEL, hw, dataclasses.replace(engine, **changed))
     with pytest.raises(ValueError, match="engine.tp"):  # a simulation of tp=2: no engine
         make_predictor(auto, MODEL, hw, tp=2)
     with pytest.raises(FileNotFoundError, match="train_predictor"):
