@@ -45,6 +45,7 @@ from flowprefill.config import (  # noqa: E402
 from flowprefill.core import OP_KINDS, SLO, ForwardPlan, Job, JobPlan, Request, op_kind  # noqa: E402
 from flowprefill.executor import ModelRunner, make_runner  # noqa: E402
 from flowprefill.predictor.profile_data import (  # noqa: E402
+    ENGINE_SETTINGS,
     IDENTITY,
     Point,
     ProfileGrid,
@@ -179,12 +180,10 @@ def run(model_cfg: ModelConfig, engine_cfg: EngineConfig, hardware: HardwareConf
     check_clock(clock, engine_cfg)
     runner = make_runner(model_cfg, engine_cfg)  # engine.tp > 1: every rank runs each point
     cfg = runner.model_cfg
+    resolved = runner.engine_cfg  # every `auto` decided, as the engine serving it will be
     meta = {"type": "meta", "model": cfg.name, "num_layers": cfg.num_layers,
-            "device": engine_cfg.device, "dtype": engine_cfg.dtype,
-            "compile": engine_cfg.compile, "attention": engine_cfg.attention,
-            # threads as the runner resolved them (tp > 1 on the CPU splits the cores)
-            "hardware": hardware.name, "threads": runner.engine_cfg.threads,
-            "tp": engine_cfg.tp, "clock": clock, "timed_on": "engine_thread",
+            **{k: getattr(resolved, k) for k in ENGINE_SETTINGS},
+            "hardware": hardware.name, "clock": clock, "timed_on": "engine_thread",
             "torch_threads": runner.engine_cfg.threads or torch.get_num_threads(),
             "max_position": cfg.max_position,
             "machine": machine(), "time": time.time(),
