@@ -195,6 +195,9 @@ class PolicyConfig:
     # token of the decode batch (and earlier if a sequence's TBT SLO needs it); None: only as
     # the TBT SLOs need it
     decode_pace: float | None = 0.05
+    # a new prefill job computes the decode batch's next tokens beside its prompts when it
+    # ends before any of them is due (one read of the weights for both: a mixed batch)
+    mix_decode: bool = True
     class_priority: dict[str, int] = field(default_factory=dict)  # order=priority: lower first
 
 

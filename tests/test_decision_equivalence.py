@@ -14,7 +14,7 @@ import random
 import pytest
 
 from flowprefill.config import EngineConfig, ModelConfig, PolicyConfig, SimConfig
-from flowprefill.core import SLO, Arrival, Request, SamplingParams, VirtualClock
+from flowprefill.core import SLO, Abort, Arrival, Request, SamplingParams, VirtualClock
 from flowprefill.engine.local import BlockManagerView
 from flowprefill.engine.loop import EngineLoop
 from flowprefill.engine.sources import ScriptedSource
@@ -55,8 +55,10 @@ def script(seed: int, n: int = 30, pressure: bool = False) -> list[Request]:
 
 
 def engine_trace(policy: PolicyConfig, requests: list[Request], max_unit_s: float,
-                 decode: bool, blocks: int) -> tuple[list[tuple], dict[str, RequestRecord]]:
-    """The scheduler's decision log and the request records of a real engine run."""
+                 decode: bool, blocks: int, aborts: list[tuple[float, str]] = ()
+                 ) -> tuple[list[tuple], dict[str, RequestRecord]]:
+    """The scheduler's decision log and the request records of a real engine run (which
+    must end with every KV block free)."""
     pred = UnitPredictor(num_layers=MODEL.num_layers)
     runner = ModelRunner(MODEL, EngineConfig(device="cpu", dtype="float32",
                                              num_kv_blocks=blocks))
@@ -68,23 +70,25 @@ def engine_trace(policy: PolicyConfig, requests: list[Request], max_unit_s: floa
     streams = {r.request_id: OutputStream(
         r, SamplingParams(max_tokens=r.max_tokens, temperature=0.0, ignore_eos=True), aloop,
         RequestRecord.for_request(r)) for r in requests}
-    source = ScriptedSource(clock, [(r.arrival, Arrival(r)) for r in requests])
+    source = ScriptedSource(clock, [(r.arrival, Arrival(r)) for r in requests]
+                            + [(t, Abort(rid)) for t, rid in aborts])
     # without decode: a PD prefill worker, whose requests leave after their first token
     handoff = None if decode else (lambda s, tok: runner.free(s.request.request_id))
     loop = EngineLoop(runner, sched, clock, streams, source, on_prefilled=handoff,
                       launch_ahead=0, timelines=(ModelTimeline(device), ModelTimeline(device)))
     loop.run()
     aloop.close()
+    assert runner.blocks.num_free == blocks and not loop.units.riding
     return sched.trace, {rid: s.record for rid, s in streams.items()}
 
 
 def sim_trace(policy: PolicyConfig, requests: list[Request], max_unit_s: float, decode: bool,
-              blocks: int):
+              blocks: int, aborts: list[tuple[float, str]] = ()):
     """The same from the simulator."""
     pred = UnitPredictor(num_layers=MODEL.num_layers)
     cfg = SimConfig(num_kv_blocks=blocks, max_unit_ms=max_unit_s * 1e3, decode=decode,
                     trace=True)
-    res = Simulator(policy, pred, cfg).run(requests)
+    res = Simulator(policy, pred, cfg).run(requests, aborts)
     return res.trace, {r.request_id: r for r in res.records}
 
 
@@ -112,9 +116,10 @@ POLICIES = {
 
 
 def compare(policy: PolicyConfig, requests: list[Request], max_unit_s: float,
-            decode: bool, blocks: int = BLOCKS) -> list[tuple]:
-    eng, eng_recs = engine_trace(policy, requests, max_unit_s, decode, blocks)
-    sim, sim_recs = sim_trace(policy, requests, max_unit_s, decode, blocks)
+            decode: bool, blocks: int = BLOCKS, aborts: list[tuple[float, str]] = ()
+            ) -> list[tuple]:
+    eng, eng_recs = engine_trace(policy, requests, max_unit_s, decode, blocks, aborts)
+    sim, sim_recs = sim_trace(policy, requests, max_unit_s, decode, blocks, aborts)
     assert len(eng) > len(requests)  # at least one call per arrival
     for i, (e, s) in enumerate(zip(eng, sim, strict=False)):
         assert same(e, s), f"call {i} differs:\n engine {e}\n    sim {s}"
@@ -138,6 +143,13 @@ def test_engine_and_simulator_make_the_same_decisions(name, max_unit_s, decode):
         assert any(d[2] for _, _, d in log), "the script should make S-EDF preempt"
     if decode:
         assert any(e[0] == "decoded" for _, events, _ in log for e in events)
+        assert any(d[1] and d[1][2] for _, _, d in log), "decode tokens should ride a job"
+
+
+def test_same_decisions_without_mixed_batches():
+    policy = PolicyConfig(name="flowprefill", mix_decode=False, **POLICIES["flowprefill"])
+    log = compare(policy, script(seed=3), 0.02, True)
+    assert not any(d[1] and d[1][2] for _, _, d in log)
 
 
 @pytest.mark.parametrize("name", ["fcfs", "flowprefill"])
@@ -146,3 +158,35 @@ def test_same_decisions_when_decoding_outgrows_the_pool(name):
     log = compare(policy, script(seed=7, n=12, pressure=True), 0.02, True, PRESSURE_BLOCKS)
     evicted = [rid for _, _, d in log for rid in d[7]]
     assert evicted, "long outputs should outgrow the pool"
+    assert any(d[1] and d[1][2] for _, _, d in log), "decode tokens should ride a job"
+
+
+def riders_aborted(log: list[tuple]) -> int:
+    """Aborts that reached the scheduler while their sequence rode a job in flight."""
+    riding: dict[int, tuple[str, ...]] = {}
+    hits = 0
+    for _, events, d in log:
+        for e in events:
+            if e[0] == "completion":
+                riding.pop(e[1], None)
+            elif e[0] == "abort" and any(e[1] in ids for ids in riding.values()):
+                hits += 1
+        for jid in d[3]:  # dropped
+            riding.pop(jid, None)
+        if d[1] and d[1][2]:
+            riding[d[1][0]] = d[1][2]
+    return hits
+
+
+@pytest.mark.parametrize("name", ["fcfs", "flowprefill"])
+def test_same_decisions_when_clients_go_away(name):
+    """Aborts at random times (queued, prefilling, suspended, decoding, riding a job): the
+    same decisions, and every block back in the engine's pool at the end."""
+    policy = PolicyConfig(name=name, **POLICIES[name])
+    requests = script(seed=11, n=30, pressure=True)
+    rng = random.Random(2)
+    aborts = [(r.arrival + rng.uniform(0.0, 3.0), r.request_id)
+              for r in requests if rng.random() < 0.5]
+    log = compare(policy, requests, 0.02, True, PRESSURE_BLOCKS, aborts)
+    if policy.granularity == "operator":  # (others see an abort only when a job has ended)
+        assert riders_aborted(log) >= 1, "some abort should hit a sequence riding a job"

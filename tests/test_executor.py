@@ -216,3 +216,62 @@ def test_prefill_job_rejects_reused_ids_and_overlong_prompts(model):
     long = [0] * (CFG.max_position + 1)
     with pytest.raises(ValueError, match="max_position"):
         rn.prefill_job(make_job(1, [long]))
+
+
+def rider_job(job_id: int, ps: list[list[int]], riders: tuple[Request, ...],
+              contexts: list[int], slices: int = 1) -> Job:
+    """A job over prompts `ps` that also computes one new token of each rider (whose KV holds
+    `contexts` tokens), its operators in `slices` token slices."""
+    reqs = tuple(Request(f"j{job_id}r{i}", 0.0, len(p), SLO(1.0), prompt_token_ids=tuple(p))
+                 for i, p in enumerate(ps))
+    shape = (*((len(p), 0) for p in ps), *((1, c) for c in contexts))
+    rows = even_bounds(sum(n for n, _ in shape), slices)
+    return Job(job_id, reqs, JobPlan((ForwardPlan(shape, len(shape), CFG.num_layers, rows,
+                                                  rows),)), riders=riders)
+
+
+@pytest.mark.parametrize("slices", [1, 3])
+def test_riders_get_the_tokens_a_decode_step_gives(model, slices):
+    """A mixed batch: decoding sequences riding a prefill job get the logits a decode step of
+    their own gives, and so do the job's prompts (against a job without riders)."""
+    ps = prompts([30, 16, 9], seed=11)
+    (new,) = prompts([21], seed=12)
+    alone, mixed = runner(model), runner(model)
+    firsts = []
+    for rn in (alone, mixed):
+        firsts.append(rn.prefill_job(make_job(0, ps)).run().argmax(-1).tolist())
+    assert firsts[0] == firsts[1]
+    ids = [f"j0r{i}" for i in range(len(ps))]
+    want = alone.decode(ids, firsts[0])
+    want_new = alone.prefill_job(make_job(1, [new])).run()
+    riders = tuple(Request(rid, 0.0, len(p), SLO(1.0)) for rid, p in zip(ids, ps, strict=True))
+    free = mixed.blocks.num_free
+    job = mixed.prefill_job(rider_job(1, [new], riders, [len(p) for p in ps], slices),
+                            rider_tokens=firsts[1])
+    assert mixed.blocks.num_free == free - 2 - 1  # the prompt's 2 blocks; 16 + 1 needs one
+    got = job.run()
+    torch.testing.assert_close(got[1:], want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[:1], want_new, atol=1e-5, rtol=1e-5)
+    assert [mixed.blocks.num_tokens(r) for r in ids] == [31, 17, 10]
+    nxt = want.argmax(-1).tolist()  # and they decode on from there as if they had stepped
+    torch.testing.assert_close(mixed.decode(ids, nxt), alone.decode(ids, nxt), atol=1e-5,
+                               rtol=1e-5)
+
+
+def test_aborted_rider_job_gives_back_the_riders_slots(model):
+    rn = runner(model)
+    ps = prompts([16, 7], seed=13)
+    firsts = rn.prefill_job(make_job(0, ps)).run().argmax(-1).tolist()
+    ids = ("j0r0", "j0r1")
+    riders = tuple(Request(rid, 0.0, len(p), SLO(1.0)) for rid, p in zip(ids, ps, strict=True))
+    free = rn.blocks.num_free
+    job = rn.prefill_job(rider_job(1, prompts([40], seed=14), riders, [16, 7]),
+                         rider_tokens=firsts)
+    for _ in range(3):
+        job.step()
+    job.abort()
+    assert rn.blocks.num_free == free
+    assert [rn.blocks.num_tokens(r) for r in ids] == [16, 7]
+    with pytest.raises(ValueError, match="rider tokens"):
+        rn.prefill_job(rider_job(2, prompts([5]), riders, [16, 7]), rider_tokens=firsts[:1])
+    assert rn.blocks.num_free == free

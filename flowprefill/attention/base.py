@@ -51,6 +51,33 @@ class PrefillMeta:
         """True when no segment has cached context: attention needs only this call's k/v."""
         return all(s.ctx == 0 for s in self.segments)
 
+    @cached_property
+    def single_rows(self) -> SingleRows | None:
+        """The segments of one query row over cached context (decoding sequences riding a
+        prefill job, one-token chunks), for a backend that attends to them as one batch;
+        None when there are none. Derived on the device once per call's metadata."""
+        segs = [s for s in self.segments if s.num == 1 and s.ctx > 0]
+        if not segs:
+            return None
+        dev = self.slots.device
+        lens = [s.kv_len for s in segs]
+        width = max(lens)
+        slots = torch.zeros(len(segs), width, dtype=torch.int64, device=dev)  # pad: slot 0
+        for i, s in enumerate(segs):
+            slots[i, : s.kv_len] = s.kv_slots
+        valid = torch.arange(width, device=dev)[None, :] < torch.tensor(lens, device=dev)[:, None]
+        rows = tuple(s.row for s in segs)
+        return SingleRows(rows, torch.tensor(rows, device=dev), slots,
+                          valid[:, None, None, :])
+
+
+@dataclass(frozen=True, eq=False)
+class SingleRows:
+    rows: tuple[int, ...]  # host: the query rows
+    index: torch.Tensor  # [B] the same rows (device)
+    ctx_slots: torch.Tensor  # [B, Lmax] slots of each row's positions 0 .. kv_len - 1, padded
+    mask: torch.Tensor  # [B, 1, 1, Lmax] bool, True where a position is real
+
 
 @dataclass(frozen=True, eq=False)  # identity, as PrefillMeta
 class DecodeMeta:

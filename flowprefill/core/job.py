@@ -18,18 +18,24 @@ class Job:
     """A batch of requests prefilled together (or one request, chunk by chunk).
 
     `chunk_size` set: exactly one request, one pass of `plan` per chunk.
+    `riders`: decoding requests whose next token the job computes beside its prompts (a mixed
+    batch: one new row each, attending to its cached context; the weights are read once for
+    both); they follow the prompts in the plan's shape, and their tokens come at the end.
     """
 
     job_id: int
     requests: tuple[Request, ...]
     plan: JobPlan
     chunk_size: int | None = None
+    riders: tuple[Request, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.requests:
             raise ValueError("a job needs at least one request")
         if self.chunk_size is not None and len(self.requests) != 1:
             raise ValueError("a chunked job holds exactly one request")
+        if self.riders and self.chunk_size is not None:
+            raise ValueError("a chunked job carries no riders")
 
     @classmethod
     def unsliced(cls, job_id: int, requests: tuple[Request, ...], num_layers: int,

@@ -167,7 +167,7 @@ class EngineLoop:
 
     def _start(self, d: Decision) -> PrefillJob | None:
         try:
-            job = self.runner.prefill_job(d.run)
+            job = self.units.start(d.run)
         except Exception as e:  # noqa: BLE001 - e.g. a worker reserved the blocks meanwhile
             log.warning("prefill job %d could not start: %s", d.run.job_id, e)
             self._news += self.units.fail(d.run, f"prefill could not start: {e}")

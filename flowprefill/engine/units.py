@@ -49,12 +49,24 @@ class UnitRunner:
             runner.timeline(clock, runner.decode_stream))
         self.eos = runner.model_cfg.eos_token_id
         self.tokens: dict[str, list[int]] = {}  # decoding sequence -> tokens generated so far
+        self.riding: dict[str, int] = {}  # decoding sequence -> the prefill job computing it
+        self._gone: set[str] = set()  # aborted while riding: KV freed when its job ends
         self.decode_steps = 0
+        self.rider_tokens = 0  # decode tokens computed inside prefill jobs (mixed batches)
 
     def inference(self) -> contextlib.AbstractContextManager:
         return torch.inference_mode()
 
     # ------------------------------------------------------------------ prefill
+    def start(self, job: Job) -> PrefillJob:
+        """The executable job of a decision (its prompts' KV and its riders' new slots
+        allocated); raises if they cannot be."""
+        riders = [r.request_id for r in job.riders]
+        pj = self.runner.prefill_job(job, rider_tokens=[self.tokens[r][-1] for r in riders])
+        for rid in riders:
+            self.riding[rid] = job.job_id
+        return pj
+
     def prefill_unit(self, job: PrefillJob) -> float:
         """Launch the job's next unit; returns when it was launched (clock time)."""
         launched = self.clock.now()
@@ -73,16 +85,19 @@ class UnitRunner:
             self.observer.observe(*unit_info(tag), seconds)
 
     def complete(self, job: PrefillJob) -> Completion:
-        """The job's last unit ran: sample each request's token and hand it out."""
-        streams = [self.streams.get(r.request_id) for r in job.job.requests]
+        """The job's last unit ran: sample each request's token (and each rider's next one)
+        and hand it out."""
+        requests = job.job.requests
+        streams = [self.streams.get(r.request_id) for r in (*requests, *job.job.riders)]
         self.timeline.wait(self.timeline.last)  # the logits are the last unit's output
         with self.runner.on(self.runner.prefill_stream):
             tokens = job.sample([s.sampling if s else GREEDY for s in streams],
                                 [s.generator if s else None for s in streams])
         now = self.clock.now()
         self._mark(job.job, "prefill_end", now)
-        finished = []
-        for r, stream, token in zip(job.job.requests, streams, tokens, strict=True):
+        n = len(requests)
+        finished = self._rode(job.job.riders, streams[n:], tokens[n:], now)
+        for r, stream, token in zip(requests, streams[:n], tokens[:n], strict=True):
             rid = r.request_id
             if stream is None or stream.aborted:
                 self.runner.free(rid)
@@ -96,6 +111,32 @@ class UnitRunner:
                 before = r.prompt_token_ids[r.prompt_len - r.generated:] if r.generated else ()
                 self.tokens[rid] = [*before, token]
         return Completion(job.job_id, tuple(finished))
+
+    def _rode(self, riders: tuple[Request, ...], streams: list[OutputStream | None],
+              tokens: list[int], now: float) -> list[str]:
+        """Riders' tokens from a completed job, as a decode step hands them out; the ones
+        that finished (or were aborted while riding)."""
+        finished = []
+        self.rider_tokens += len(riders)
+        for r, stream, token in zip(riders, streams, tokens, strict=True):
+            rid = r.request_id
+            del self.riding[rid]
+            if rid in self._gone or stream is None or stream.aborted:
+                self._gone.discard(rid)
+                self.tokens.pop(rid, None)
+                self.runner.free(rid)
+                finished.append(rid)
+            elif self._hand(rid, stream, token, now):
+                finished.append(rid)
+        return finished
+
+    def _hand(self, rid: str, stream: OutputStream, token: int, now: float) -> bool:
+        """A decoding sequence's next token to its client; True if that ended it."""
+        if stream.token(token, now, self.eos, lambda: self.runner.free(rid)):
+            del self.tokens[rid]
+            return True
+        self.tokens[rid].append(token)
+        return False
 
     # ------------------------------------------------------------------ decode
     def decode_step(self, ids: tuple[str, ...]) -> DecodeDone:
@@ -112,13 +153,8 @@ class UnitRunner:
             self._observe(self.decode_timeline)
         self.decode_steps += 1
         now = self.clock.now()
-        finished = []
-        for rid, stream, token in zip(ids, streams, tokens, strict=True):
-            if stream.token(token, now, self.eos, lambda r=rid: self.runner.free(r)):
-                finished.append(rid)
-                del self.tokens[rid]
-            else:
-                self.tokens[rid].append(token)
+        finished = [rid for rid, stream, token in zip(ids, streams, tokens, strict=True)
+                    if self._hand(rid, stream, token, now)]
         return DecodeDone(tuple(finished))
 
     def handoff(self, rid: str, token: int) -> None:
@@ -126,8 +162,11 @@ class UnitRunner:
         self.tokens[rid] = [token]
 
     def aborted(self, rid: str) -> None:
-        """A request was aborted: a decoding sequence gives its KV back now."""
-        if self.tokens.pop(rid, None) is not None:
+        """A request was aborted: a decoding sequence gives its KV back now, or, riding a
+        prefill job whose units still write it, when that job ends."""
+        if rid in self.riding:
+            self._gone.add(rid)
+        elif self.tokens.pop(rid, None) is not None:
             self.runner.free(rid)
 
     def evict(self, rid: str) -> Request | None:
@@ -149,7 +188,14 @@ class UnitRunner:
         """Free a job's state; on CUDA only after its queued units ran (the blocks may be
         handed to another sequence next)."""
         self.timeline.wait(self.timeline.last)
-        job.abort()
+        job.abort()  # riders give back their new slot and decode as before
+        for r in job.job.riders:
+            rid = r.request_id
+            del self.riding[rid]
+            if rid in self._gone:
+                self._gone.discard(rid)
+                self.tokens.pop(rid, None)
+                self.runner.free(rid)
 
 
     def reject(self, rid: str, reason: str) -> None:

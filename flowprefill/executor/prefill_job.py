@@ -26,12 +26,17 @@ if TYPE_CHECKING:
 
 
 class PrefillJob:
-    def __init__(self, runner: ModelRunner, job: Job, token_ids: list[list[int]]) -> None:
+    def __init__(self, runner: ModelRunner, job: Job, token_ids: list[list[int]],
+                 rider_tokens: list[int] | None = None) -> None:
         self.runner = runner
         self.job = job
         self.plan = job.plan
         self.seq_ids = list(job.request_ids)
         self.token_ids = token_ids
+        # riders: decoding sequences whose next token this job computes (one row each, at
+        # the position their KV has reached; the runner has appended its slot)
+        self.rider_ids = [r.request_id for r in job.riders]
+        self.rider_tokens = rider_tokens or []
         self.done = 0  # units of the plan completed
         self._batch: PrefillBatch | None = None
         self._hidden: torch.Tensor | None = None  # [T, H] between units of a pass
@@ -49,8 +54,10 @@ class PrefillJob:
     def _pieces(self, p: int) -> list[Piece]:
         bm = self.runner.blocks
         if self.job.chunk_size is None:
+            riders = [Piece([t], bm.num_tokens(s) - 1, bm.block_table(s))
+                      for s, t in zip(self.rider_ids, self.rider_tokens, strict=True)]
             return [Piece(list(t), 0, bm.block_table(s))
-                    for s, t in zip(self.seq_ids, self.token_ids, strict=True)]
+                    for s, t in zip(self.seq_ids, self.token_ids, strict=True)] + riders
         (n, start), = self.plan.passes[p].shape
         return [Piece(list(self.token_ids[0][start:start + n]), start,
                       bm.block_table(self.seq_ids[0]))]
@@ -116,8 +123,13 @@ class PrefillJob:
         return sample(self.logits, params, generators)
 
     def abort(self) -> None:
-        """Drop activations and free every KV block of the job's requests."""
+        """Drop activations, free every KV block of the job's requests, and give back each
+        rider's new slot (its token was not computed)."""
         for s in self.seq_ids:
             self.runner.blocks.free(s)
+        if not self.finished:
+            for s in self.rider_ids:
+                if self.runner.blocks.has(s):
+                    self.runner.blocks.shrink(s, 1)
         self._batch = self._hidden = None
         self.aborted = True

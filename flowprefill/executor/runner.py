@@ -116,11 +116,13 @@ class ModelRunner:
         return make_timeline(clock, stream)
 
     # ------------------------------------------------------------------ prefill
-    def prefill_job(self, job: Job, token_ids: Sequence[Sequence[int]] | None = None
-                    ) -> PrefillJob:
+    def prefill_job(self, job: Job, token_ids: Sequence[Sequence[int]] | None = None,
+                    rider_tokens: Sequence[int] = ()) -> PrefillJob:
         """An executable job for `job`; token ids default to each request's prompt_token_ids.
+        `rider_tokens`: each rider's last token (the input of its next decode step).
 
-        Allocates KV blocks for every full prompt now (all or nothing).
+        Allocates KV blocks for every full prompt and each rider's new token now (all or
+        nothing).
         """
         if token_ids is None:
             if any(r.prompt_token_ids is None for r in job.requests):
@@ -135,8 +137,18 @@ class ModelRunner:
         if too_long:
             raise ValueError(f"prompts longer than max_position "
                              f"{self.model_cfg.max_position}: {too_long}")
+        riders = [r.request_id for r in job.riders]
+        if len(rider_tokens) != len(riders):
+            raise ValueError(f"job {job.job_id}: {len(riders)} riders, {len(rider_tokens)} "
+                             "rider tokens")
         self.blocks.allocate_all(job.request_ids, [len(t) for t in ids])
-        return self.job_cls(self, job, ids)
+        try:
+            self.blocks.append_all(riders, 1)
+        except BaseException:
+            for rid in job.request_ids:
+                self.blocks.free(rid)
+            raise
+        return self.job_cls(self, job, ids, list(rider_tokens))
 
     # ------------------------------------------------------------------ decode
     def decode(self, seq_ids: Sequence[str], token_ids: Sequence[int]) -> torch.Tensor:

@@ -117,14 +117,16 @@ class TPModelRunner(ModelRunner):
         self.group.on_failure(callback)
 
     # ------------------------------------------------------------------ mirrored calls
-    def prefill_job(self, job: Job, token_ids: Sequence[Sequence[int]] | None = None
-                    ) -> PrefillJob:
+    def prefill_job(self, job: Job, token_ids: Sequence[Sequence[int]] | None = None,
+                    rider_tokens: Sequence[int] = ()) -> PrefillJob:
         with self.lock:
             if self.group.failure is not None:
                 raise TPRankError(self.group.failure)
-            pj = super().prefill_job(job, token_ids)  # validates and allocates: no collective
+            # validates and allocates: no collective
+            pj = super().prefill_job(job, token_ids, rider_tokens)
             try:
-                self.group.send(("job", job, None if token_ids is None else pj.token_ids))
+                self.group.send(("job", job, None if token_ids is None else pj.token_ids,
+                                 list(rider_tokens)))
             except TPRankError:
                 PrefillJob.abort(pj)  # the ranks never saw it: give its blocks back here only
                 raise

@@ -56,8 +56,9 @@ class Replayer:
             "free": runner.free, "digest": self.digest, "ping": self.ping,
             "noop": lambda *_: None, "time_all_reduce": self.time_all_reduce}
 
-    def job(self, job: Any, token_ids: list[list[int]] | None) -> None:
-        self.jobs[job.job_id] = self.runner.prefill_job(job, token_ids)
+    def job(self, job: Any, token_ids: list[list[int]] | None, rider_tokens: list[int]
+            ) -> None:
+        self.jobs[job.job_id] = self.runner.prefill_job(job, token_ids, rider_tokens)
 
     def step(self, job_id: int) -> None:
         job = self.jobs[job_id]

@@ -122,6 +122,17 @@ class BlockManager:
         seq.num_tokens += num_tokens
         return new
 
+    def shrink(self, seq_id: str, num_tokens: int = 1) -> None:
+        """Undo an append: drop the last `num_tokens` tokens; blocks left empty go back."""
+        with self._lock:
+            seq = self._seqs[seq_id]
+            seq.num_tokens -= num_tokens
+            for b in seq.blocks[self.blocks_needed(seq.num_tokens):]:
+                self._refs[b] -= 1
+                if self._refs[b] == 0:
+                    self._free.append(b)
+            del seq.blocks[self.blocks_needed(seq.num_tokens):]
+
     def fork(self, seq_id: str, new_seq_id: str) -> None:
         """Share every block of `seq_id` with a new sequence (reference counts go up)."""
         with self._lock:

@@ -55,20 +55,24 @@ class Planner:
         """Is a lone prompt of this length prefilled chunk by chunk?"""
         return self.granularity is Granularity.CHUNK and prompt_len > self.chunk_size
 
-    def plan(self, prompt_lens: Sequence[int]) -> JobPlan:
-        """The plan of a job over these prompts (chunked when a lone prompt needs it)."""
-        lens = tuple(prompt_lens)
-        chunked = len(lens) == 1 and self.chunked(lens[0])
-        key = (lens, chunked)
+    def plan(self, prompt_lens: Sequence[int], rider_contexts: Sequence[int] = ()) -> JobPlan:
+        """The plan of a job over these prompts (chunked when a lone prompt needs it), and
+        one new row for each rider (a decoding sequence holding that many tokens)."""
+        lens, riders = tuple(prompt_lens), tuple(rider_contexts)
+        chunked = len(lens) == 1 and not riders and self.chunked(lens[0])
+        key = (lens, riders, chunked)
         plan = self._plans.get(key)
         if plan is None:
             if len(self._plans) > _MEMO_LIMIT:
                 self._plans.clear()
             L = self.predictor.num_layers
-            if chunked or self.max_unit_s <= 0:
-                plan = JobPlan.unsliced(lens, L, self.chunk_size if chunked else None)
+            shape = tuple((n, 0) for n in lens) + tuple((1, c) for c in riders)
+            if chunked:
+                plan = JobPlan.unsliced(lens, L, self.chunk_size)
+            elif self.max_unit_s <= 0:
+                plan = JobPlan((ForwardPlan.whole(shape, len(shape), L),))
             else:
-                plan = JobPlan((self._sliced(tuple((n, 0) for n in lens), len(lens)),))
+                plan = JobPlan((self._sliced(shape, len(shape)),))
             self._plans[key] = plan
         return plan
 

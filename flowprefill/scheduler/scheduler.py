@@ -167,6 +167,7 @@ class Scheduler:
             for r in job.requests:
                 if r.request_id not in ended:
                     self.decoding.join(r, now)
+            self.decoding.rode(tuple(r.request_id for r in job.riders), now, set(e.finished))
         self._forget(job)
 
     def _forget(self, job: Job) -> None:
@@ -181,6 +182,8 @@ class Scheduler:
             self.running = None
 
     def _drop_job(self, job: Job) -> None:
+        if self.decoding is not None and job.riders:
+            self.decoding.unboard(tuple(r.request_id for r in job.riders))
         self._forget(job)
         self._dropped.append(job.job_id)
 
@@ -326,15 +329,27 @@ class Scheduler:
                 free = self.kv.free_blocks() - growth
             bs = self.kv.block_size if self.kv else 1
             batch = form_batch(head, rest, now, self.cfg, self.predictor, free, bs)
-        plan = self.planner.plan([r.prompt_len for r in batch])
+        lens = [r.prompt_len for r in batch]
+        plan = self.planner.plan(lens)
         chunk = self.cfg.chunk_size if self.planner.chunked(head.prompt_len) else None
-        job = Job(self._next_job_id, tuple(batch), plan, chunk)
+        riders: tuple = ()
+        if chunk is None and self.decoding is not None and self.cfg.mix_decode:
+            seqs = self.decoding.candidates()
+            mixed = self.planner.plan(lens, [q.context for q in seqs]) if seqs else plan
+            # they ride if the job ends before any of them owes its next token
+            if seqs and now + self.predictor.total(mixed) <= min(q.deadline for q in seqs):
+                riders, plan = tuple(q.request for q in seqs), mixed
+                self.decoding.board(tuple(r.request_id for r in riders))
+        job = Job(self._next_job_id, tuple(batch), plan, chunk, riders)
         self._next_job_id += 1
         items = [self.queue.remove(r.request_id) for r in batch]
         self._job_rank[job.job_id] = (min(w.key for w in items), min(w.seq for w in items))
         for r in batch:
             self._job_of[r.request_id] = job
         self._new_blocks = sum(self._blocks(r) for r in batch)
+        if riders:  # each rider's new token may need a block
+            self._new_blocks += sum(1 for q in seqs if q.context % self.kv.block_size == 0) if (
+                self.kv is not None) else 0
         return job
 
     def _decode_plan(self, now: float) -> tuple[tuple[str, ...], float, tuple[str, ...]]:

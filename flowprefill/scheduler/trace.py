@@ -30,7 +30,8 @@ def summarize(obj: Any) -> tuple:
     if isinstance(obj, Handoff):
         return ("handoff", obj.request.request_id)
     if isinstance(obj, Decision):
-        run = None if obj.run is None else (obj.run.job_id, obj.run.request_ids)
+        run = None if obj.run is None else (obj.run.job_id, obj.run.request_ids,
+                                            tuple(r.request_id for r in obj.run.riders))
         return ("decision", run, obj.suspend, obj.drop,
                 tuple(r.request_id for r in obj.rejected), obj.decode, obj.decode_at, obj.evict)
     raise TypeError(f"cannot summarize {obj!r}")

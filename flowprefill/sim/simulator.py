@@ -108,6 +108,7 @@ class _Run:
         self.decode: tuple[str, ...] = ()
         self.decode_at = math.inf
         self.jobs: dict[int, Job] = {}  # started jobs (running or suspended)
+        self.riding: dict[str, int] = {}  # decoding request -> the job computing its token
         self.aborted: set[str] = set()
         self.calls = 0
 
@@ -207,6 +208,13 @@ class _Run:
                 self._free(r.request_id)
             else:
                 self.seqs[r.request_id] = _Seq(r.prompt_len - r.generated, generated)
+        for r in job.riders:  # their decode step was part of the job
+            del self.riding[r.request_id]
+            if r.request_id in self.seqs:
+                finished += self._token(r.request_id, t)
+            else:  # aborted while riding: its KV was in use until now
+                finished.append(r.request_id)
+                self._free(r.request_id)
         return Completion(job.job_id, tuple(finished))
 
     def _decode_step(self) -> None:
@@ -219,19 +227,22 @@ class _Run:
         if self.work is not None:
             self.work.start = t  # the device was busy decoding: the job resumes after it
         self.log.append((t, "decode", ids))
-        finished = []
-        for rid in ids:
-            seq = self.seqs[rid]
-            seq.generated += 1
-            rec = self.records[rid]
-            rec.token_times.append(t)
-            if seq.generated >= self.requests[rid].max_tokens:
-                finished.append(rid)
-                rec.finish_time = t
-                del self.seqs[rid]
-                self._free(rid)
+        finished = [rid for r in ids for rid in self._token(r, t)]
         self.decode, self.decode_at = (), math.inf
         self._call([DecodeDone(tuple(finished)), *self._externals(t)])
+
+    def _token(self, rid: str, t: float) -> list[str]:
+        """A decoding sequence's next token at t; [rid] if that ends it."""
+        seq = self.seqs[rid]
+        seq.generated += 1
+        rec = self.records[rid]
+        rec.token_times.append(t)
+        if seq.generated < self.requests[rid].max_tokens:
+            return []
+        rec.finish_time = t
+        del self.seqs[rid]
+        self._free(rid)
+        return [rid]
 
     # ------------------------------------------------------------------ scheduler calls
 
@@ -256,8 +267,16 @@ class _Run:
             self.log.append((t, "drop", jid))
             if self.work is not None and self.work.job.job_id == jid:
                 self.work = None
-            for r in self.jobs.pop(jid).requests:
+            job = self.jobs.pop(jid)
+            for r in job.requests:
                 self._free(r.request_id)
+            for r in job.riders:  # not computed: back to where they were
+                del self.riding[r.request_id]
+                seq = self.seqs.get(r.request_id)
+                if seq is None:
+                    self._free(r.request_id)
+                else:
+                    self._grow(r.request_id, seq.context, shrink=True)
         for rid in d.evict:
             self._evict(rid, t)
         self.decode, self.decode_at = d.decode, d.decode_at
@@ -286,6 +305,9 @@ class _Run:
             self.jobs[job.job_id] = job
             for r in job.requests:
                 self._grow(r.request_id, r.prompt_len)
+            for r in job.riders:  # their next token's KV
+                self._grow(r.request_id, self.seqs[r.request_id].context + 1)
+                self.riding[r.request_id] = job.job_id
         start = t + overhead
         self.work = Running(job, self.truth, start, done)
         self.log.append((t, "run", job.job_id, job.request_ids, done))
@@ -299,8 +321,8 @@ class _Run:
 
     def _abort(self, rid: str) -> None:
         self.aborted.add(rid)
-        if self.seqs.pop(rid, None) is not None:
-            self._free(rid)
+        if self.seqs.pop(rid, None) is not None and rid not in self.riding:
+            self._free(rid)  # (a riding one's KV is in use until its job ends)
 
     def _evict(self, rid: str, t: float) -> None:
         """Free a decoding sequence's KV; it comes back as a prefill of all its tokens."""
@@ -313,13 +335,17 @@ class _Run:
         self.requests[rid] = again
         self.followups.append(Arrival(again))
 
-    def _grow(self, rid: str, tokens: int) -> None:
+    def _grow(self, rid: str, tokens: int, shrink: bool = False) -> None:
+        """Hold blocks for `tokens` tokens of rid (`shrink`: give back any beyond them)."""
         if self.kv is None:
             return
         need = -(-tokens // self.kv.block_size) - self.blocks.get(rid, 0)
         if need > 0:
             self.kv.allocate(need * self.kv.block_size)
             self.blocks[rid] = self.blocks.get(rid, 0) + need
+        elif need < 0 and shrink:
+            self.kv.free(-need)
+            self.blocks[rid] += need
 
     def _free(self, rid: str) -> None:
         n = self.blocks.pop(rid, 0)
