@@ -336,8 +336,9 @@ class Scheduler:
         if chunk is None and self.decoding is not None and self.cfg.mix_decode:
             seqs = self.decoding.candidates()
             mixed = self.planner.plan(lens, [q.context for q in seqs]) if seqs else plan
-            # they ride if the job ends before any of them owes its next token
-            if seqs and now + self.predictor.total(mixed) <= min(q.deadline for q in seqs):
+            # they ride if the job ends before their next token is due (as the decode step
+            # that would otherwise run inside the job: its TBT deadlines and the pace)
+            if seqs and now + self.predictor.total(mixed) <= self._token_due(seqs):
                 riders, plan = tuple(q.request for q in seqs), mixed
                 self.decoding.board(tuple(r.request_id for r in riders))
         job = Job(self._next_job_id, tuple(batch), plan, chunk, riders)
@@ -351,6 +352,14 @@ class Scheduler:
             self._new_blocks += sum(1 for q in seqs if q.context % self.kv.block_size == 0) if (
                 self.kv is not None) else 0
         return job
+
+    def _token_due(self, seqs: list) -> float:
+        """When the next token of these decoding sequences is due while a prefill runs: the
+        earliest TBT deadline, and the pace after the oldest token."""
+        due = min(s.deadline for s in seqs)
+        if self.cfg.decode_pace is not None:
+            due = min(due, min(s.last for s in seqs) + self.cfg.decode_pace)
+        return due
 
     def _decode_plan(self, now: float) -> tuple[tuple[str, ...], float, tuple[str, ...]]:
         """(the next decode step's sequences, when it runs, sequences to evict first)."""
@@ -373,9 +382,7 @@ class Scheduler:
         step = self.predictor.decode_cost(tuple((1, s.context) for s in batch))
         p, _ = job.plan.locate(min(self.done(job), job.plan.num_units - 1))
         guard = self.predictor.units(job.plan.passes[p]).longest
-        at = min(s.deadline for s in batch) - step - guard
-        if self.cfg.decode_pace is not None:
-            at = min(at, min(s.last for s in batch) + self.cfg.decode_pace)
+        at = min(min(s.deadline for s in batch) - step - guard, self._token_due(batch))
         return ids, at, evict
 
     def _moore_hodgson(self, now: float) -> None:
