@@ -184,10 +184,12 @@ class Comparison:
                 return table[n]
         elif self.slo.mode == "bands":  # per-request lengths: priced by the predictor
             from flowprefill.config import HardwareConfig, PredictorConfig
+            from flowprefill.engine.build import resolve_hardware
             from flowprefill.predictor import make_predictor
 
+            hw = resolve_hardware(from_hydra(HardwareConfig, self.cfg.hardware), self.engine)
             iso = make_predictor(from_hydra(PredictorConfig, self.cfg.predictor), self.model,
-                                 from_hydra(HardwareConfig, self.cfg.hardware)).isolated_ttft
+                                 hw).isolated_ttft
         return build_requests(wcfg, self.slo, iso)
 
     def run_engine(self, name: str) -> None:

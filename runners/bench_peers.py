@@ -1,0 +1,169 @@
+"""`python runners/bench_peers.py [overrides]`: FlowPrefill beside its peers on two fixed cases.
+
+The engines start one after another exactly as in runners/compare.py (same HF directory,
+dtype, compute threads and KV memory; conf/bench_peers.yaml extends conf/compare.yaml):
+
+- uniform: vLLM's own benchmark client, `vllm bench serve --dataset-name random`, at a fixed
+  Poisson rate, after a warm-up with other prompts (no prefix-cache hits). A client nobody
+  here wrote, on every engine.
+- hol (head-of-line): a long prompt, then `delay` seconds later a short urgent one; the urgent
+  request's client-side TTFT (first streamed chunk), median of `reps`. FlowPrefill gets each
+  request's TTFT SLO; a peer started with `--scheduling-policy priority` gets priorities.
+
+Writes <run dir>/bench_peers.json: {"engines": {name: {"uniform": ..., "hol": ...}},
+"ratios": {peer: FlowPrefill / peer}, "settings": ...}. A benchmark, not a test: it measures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import hydra
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "runners"))
+sys.path.insert(1, str(ROOT))
+
+from compare import FLOWPREFILL, Comparison  # noqa: E402
+from peer_servers import peer_executable  # noqa: E402
+
+from flowprefill.config import register_configs  # noqa: E402
+
+log = logging.getLogger("bench_peers")
+UNIFORM_KEYS = ("completed", "mean_ttft_ms", "median_ttft_ms", "p99_ttft_ms", "mean_tpot_ms",
+                "median_tpot_ms", "p99_tpot_ms", "request_throughput", "request_goodput",
+                "duration")
+
+
+def vllm_bench(client: Path, url: str, model: str, tokenizer: Path, c: DictConfig,
+               prompts: int, seed: int, out: Path) -> dict:
+    """One `vllm bench serve` run (random prompts); its saved result's headline numbers."""
+    cmd = [str(client), "bench", "serve", "--backend", "vllm", "--base-url", url,
+           "--endpoint", "/v1/completions", "--model", model, "--tokenizer", str(tokenizer),
+           "--dataset-name", "random", "--random-input-len", str(c.input_len),
+           "--random-output-len", str(c.output_len), "--num-prompts", str(prompts),
+           "--request-rate", str(c.rate), "--ignore-eos", "--seed", str(seed),
+           "--percentile-metrics", "ttft,tpot,itl,e2el", "--goodput",
+           f"ttft:{c.goodput_ttft_ms}", "--save-result", "--result-dir", str(out.parent),
+           "--result-filename", out.name]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               VLLM_TARGET_DEVICE="cpu", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    if done.returncode:
+        raise RuntimeError(f"vllm bench serve failed ({done.returncode}):\n"
+                           f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    result = json.loads(out.read_text())
+    return {k: result[k] for k in UNIFORM_KEYS}
+
+
+async def _ttft(client: httpx.AsyncClient, url: str, body: dict) -> float:
+    """Seconds from sending `body` (streamed) to its first chunk; the rest is drained."""
+    t0 = time.perf_counter()
+    first = None
+    async with client.stream("POST", url + "/v1/completions", json=body) as resp:
+        if resp.status_code != 200:
+            raise RuntimeError(f"{url}: HTTP {resp.status_code}: {(await resp.aread())[:300]}")
+        async for line in resp.aiter_lines():
+            if first is None and line.startswith("data: ") and line != "data: [DONE]":
+                first = time.perf_counter() - t0
+    if first is None:
+        raise RuntimeError(f"{url}: no token streamed")
+    return first
+
+
+async def head_of_line(url: str, model: str, c: DictConfig, priority: bool, vocab: int,
+                       seed: int) -> dict:
+    """The urgent request's TTFT behind a long prefill, `reps` times (median)."""
+    rng = random.Random(seed)
+    urgent, long_ = [], []
+    async with httpx.AsyncClient(timeout=600) as client:
+        for _ in range(int(c.reps)):
+            def body(n: int, slo: float, prio: int) -> dict:
+                b = {"model": model, "prompt": [rng.randrange(100, vocab) for _ in range(n)],
+                     "max_tokens": 2, "temperature": 0.0, "ignore_eos": True, "stream": True}
+                return b | ({"priority": prio} if priority else {"ttft_slo": slo})
+            big = asyncio.create_task(_ttft(client, url, body(c.long_len, c.long_ttft_slo, 1)))
+            await asyncio.sleep(c.delay)
+            urgent.append(await _ttft(client, url, body(c.short_len, c.short_ttft_slo, 0)))
+            long_.append(await big)
+    return {"urgent_ttft_s": statistics.median(urgent), "urgent_ttft_reps": urgent,
+            "long_ttft_s": statistics.median(long_), "long_ttft_reps": long_}
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    comp = Comparison(cfg, run_dir)
+    names = [FLOWPREFILL, *comp.peers]
+    client = peer_executable(next(iter(comp.peers.values()))) if comp.peers else None
+    if client is None:
+        raise ValueError("bench_peers needs a peer (peers=[vllm]): its client is vLLM's")
+    engines: dict[str, dict] = {}
+    for name in names:
+        log.info("[%s] starting (load average %.2f)", name, os.getloadavg()[0])
+        t0 = time.perf_counter()
+        server = comp.start(name)
+        entry: dict = {"startup_s": time.perf_counter() - t0}
+        try:
+            model, u = comp.shared.served_name, cfg.uniform
+            out = run_dir / name
+            out.mkdir(parents=True, exist_ok=True)
+            vllm_bench(client, server.url, model, comp.model_dir, u, u.warmup_prompts, 1,
+                       out / "warmup.json")
+            entry["load_avg_before"] = os.getloadavg()[0]
+            entry["uniform"] = vllm_bench(client, server.url, model, comp.model_dir, u,
+                                          u.prompts, 0, out / "uniform.json")
+            prio = name != FLOWPREFILL and "priority" in comp.peers[name].args
+            entry["hol"] = asyncio.run(head_of_line(server.url, model, cfg.hol, prio,
+                                                    int(comp.hf["vocab_size"]), 7))
+            log.info("[%s] uniform: mean TTFT %.0f ms, TPOT %.0f ms; urgent TTFT behind %d "
+                     "tokens %.3f s", name, entry["uniform"]["mean_ttft_ms"],
+                     entry["uniform"]["mean_tpot_ms"], cfg.hol.long_len,
+                     entry["hol"]["urgent_ttft_s"])
+        finally:
+            entry["exit_code"] = server.stop()
+        engines[name] = entry
+    fp = engines[FLOWPREFILL]
+    ratios = {peer: {"mean_ttft": fp["uniform"]["mean_ttft_ms"] / e["uniform"]["mean_ttft_ms"],
+                     "mean_tpot": fp["uniform"]["mean_tpot_ms"] / e["uniform"]["mean_tpot_ms"],
+                     "urgent_ttft": fp["hol"]["urgent_ttft_s"] / e["hol"]["urgent_ttft_s"]}
+              for peer, e in engines.items() if peer != FLOWPREFILL}
+    result = {"engines": engines, "ratios": ratios,
+              "settings": comp.settings(int(cfg.uniform.prompts)) | {
+                  "uniform": dict(cfg.uniform), "hol": dict(cfg.hol),
+                  "policy": cfg.policy.name}}
+    out = Path(cfg.out) if cfg.out else run_dir / "bench_peers.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+register_configs()
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="bench_peers")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers we started
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    result = run(cfg, run_dir)
+    for peer, r in result["ratios"].items():
+        log.info("FlowPrefill / %s: mean TTFT x%.2f, mean TPOT x%.2f, urgent TTFT x%.3f",
+                 peer, r["mean_ttft"], r["mean_tpot"], r["urgent_ttft"])
+    log.info("-> %s", Path(cfg.out) if cfg.out else run_dir / "bench_peers.json")
+
+
+if __name__ == "__main__":
+    main()
