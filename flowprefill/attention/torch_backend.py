@@ -3,11 +3,10 @@
 Fresh prefill segments attend over their own contiguous k/v with `is_causal` (no gather from
 the pool); segments with cached context gather their keys from the pool by slot and use a
 bottom-right-aligned causal mask. Decode pads the batch to the longest context and attends
-with two batched fp32 matmuls around the softmax, each query head group against its KV head
-(so do the one-row segments of a prefill call: decoding sequences riding a prefill job):
+with two fp32 batched matmuls per KV head around the softmax, its query head group against
+it (so do the one-row segments of a prefill call: decoding sequences riding a prefill job):
 with one query row per sequence, SDPA's fused CPU kernel is built for long queries and was
-~3x slower here (SmolLM2 shapes, 16 sequences of 256 tokens, bf16); at 1024-token contexts
-the two are even.
+~2-5x slower (SmolLM2 shapes, 8-16 sequences of 257 tokens, bf16, 2 threads).
 """
 
 from __future__ import annotations
@@ -44,9 +43,8 @@ class TorchBackend:
                 # query i sits at position ctx + i and sees keys 0 .. ctx + i
                 mask = torch.ones(seg.num, seg.ctx + seg.num, dtype=torch.bool,
                                   device=q.device).tril(diagonal=seg.ctx)
-                o = F.scaled_dot_product_attention(
-                    _heads_first(q[rows]), _heads_first(kc), _heads_first(vc),
-                    attn_mask=mask, enable_gqa=True)
+                o = F.scaled_dot_product_attention(*_sdpa_heads(q[rows], kc, vc),
+                                                   attn_mask=mask, enable_gqa=True)
                 out[rows] = o[0].transpose(0, 1)
         return out
 
@@ -63,20 +61,38 @@ def _one_row(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, mask: torch.Te
     [B, Lmax, kvh, hd] (`mask` [B, 1, 1, Lmax] True where real) -> [B, nh, hd]."""
     b, nh, hd = q.shape
     kvh = kc.shape[2]
-    # in fp32, as SDPA computes: bf16 scores of 64-term dot products move the softmax by
-    # a few percent; the copies cost less than SDPA's overhead at these shapes
-    qg = q.reshape(b, kvh, nh // kvh, hd).float()  # query heads grouped by their KV head
-    scores = torch.matmul(qg, kc.permute(0, 2, 3, 1).float()) * hd ** -0.5  # [B,kvh,g,L]
-    scores = scores.masked_fill(~mask, float("-inf")).softmax(-1)
-    o = torch.matmul(scores, vc.transpose(1, 2).float())  # [B, kvh, g, hd]
-    return o.reshape(b, nh, hd).to(q.dtype)
+    g = nh // kvh
+    # in fp32, as SDPA computes: bf16 scores of 64-term dot products move the softmax by a
+    # few percent. One pair of batched matmuls per KV head reads K and V in the pool's
+    # [L, kvh, hd] layout through strides; a permute to [kvh, hd, L] for one batched matmul
+    # copied them per layer (3-8x slower at 8-16 x 257 tokens, SmolLM2 heads, 2 threads)
+    kf, vf = kc.float(), vc.float()
+    qg = q.float().view(b, kvh, g, hd)  # query heads grouped by their KV head
+    drop = ~mask[:, 0]  # [B, 1, Lmax]
+    outs = []
+    for h in range(kvh):
+        scores = torch.bmm(qg[:, h], kf[:, :, h].transpose(1, 2)) * hd ** -0.5  # [B, g, L]
+        outs.append(torch.bmm(scores.masked_fill(drop, float("-inf")).softmax(-1),
+                              vf[:, :, h]))  # [B, g, hd]
+    return torch.stack(outs, 1).view(b, nh, hd).to(q.dtype)
 
 
 def _causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """q [T, nh, hd], k/v [T, kvh, hd] -> causal attention [T, nh, hd]."""
-    o = F.scaled_dot_product_attention(
-        _heads_first(q), _heads_first(k), _heads_first(v), is_causal=True, enable_gqa=True)
-    return o[0].transpose(0, 1)
+    q, k, v = _sdpa_heads(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)[0].transpose(0, 1)
+
+
+def _sdpa_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SDPA's inputs [1, heads, T, hd], KV heads repeated for each query head on the CPU:
+    there SDPA's own GQA path (`enable_gqa`) was 1.8x slower than the repeat (256 tokens,
+    SmolLM2 heads, bf16, 2 threads)."""
+    q, k, v = _heads_first(q), _heads_first(k), _heads_first(v)
+    if q.device.type == "cpu" and k.shape[1] != q.shape[1]:
+        g = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+    return q, k, v
 
 
 def _heads_first(x: torch.Tensor) -> torch.Tensor:
