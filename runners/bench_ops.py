@@ -64,6 +64,7 @@ from flowprefill.engine.streams import OutputStream  # noqa: E402
 from flowprefill.executor import ModelRunner  # noqa: E402
 from flowprefill.metrics import RequestRecord  # noqa: E402
 from flowprefill.model import Decoder  # noqa: E402
+from flowprefill.model.weights import dense  # noqa: E402
 from flowprefill.predictor import make_predictor  # noqa: E402
 from flowprefill.predictor.plan import Planner  # noqa: E402
 from flowprefill.scheduler import Scheduler  # noqa: E402
@@ -102,20 +103,20 @@ def hf_model(model: Decoder) -> torch.nn.Module:
         torch.set_default_dtype(default)
     w, hd = model.weights, c.dim_head
     sd = {"model.embed_tokens.weight": w.embed, "model.norm.weight": w.norm,
-          "lm_head.weight": w.lm_head}
+          "lm_head.weight": dense(w.lm_head)}
     for i, lw in enumerate(w.layers):
         p = f"model.layers.{i}."
         sizes = [c.num_heads * hd, c.num_kv_heads * hd, c.num_kv_heads * hd]
-        for name, t in zip("qkv", lw.qkv_w.split(sizes), strict=True):
+        for name, t in zip("qkv", dense(lw.qkv_w).split(sizes), strict=True):
             sd[f"{p}self_attn.{name}_proj.weight"] = t
         if lw.qkv_b is not None:
             for name, t in zip("qkv", lw.qkv_b.split(sizes), strict=True):
                 sd[f"{p}self_attn.{name}_proj.bias"] = t
-        gate, up = lw.gate_up_w.chunk(2)
-        sd.update({f"{p}self_attn.o_proj.weight": lw.o_w, f"{p}input_layernorm.weight":
+        gate, up = dense(lw.gate_up_w).chunk(2)
+        sd.update({f"{p}self_attn.o_proj.weight": dense(lw.o_w), f"{p}input_layernorm.weight":
                    lw.input_norm, f"{p}post_attention_layernorm.weight": lw.post_norm,
                    f"{p}mlp.gate_proj.weight": gate, f"{p}mlp.up_proj.weight": up,
-                   f"{p}mlp.down_proj.weight": lw.down_w})
+                   f"{p}mlp.down_proj.weight": dense(lw.down_w)})
     if c.tie_word_embeddings:
         del sd["lm_head.weight"]  # tied to embed_tokens by transformers itself
     hf.load_state_dict(sd, strict=not c.tie_word_embeddings, assign=True)

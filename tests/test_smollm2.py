@@ -11,6 +11,7 @@ import torch
 from flowprefill import LLM
 from flowprefill.model.gguf import export_hf_dir
 from flowprefill.model.source import resolve_path
+from flowprefill.model.weights import dense
 from tests.cpu_fp32 import CPU_FP32
 from tests.server_proc import ServerProcess
 
@@ -68,8 +69,8 @@ def test_config_and_weights_are_transformers_own(ours, ref):
     for i in (0, 17, 29):
         p = f"model.layers.{i}."
         qkv = torch.cat([sd[f"{p}self_attn.{x}_proj.weight"] for x in "qkv"])
-        assert torch.equal(w.layers[i].qkv_w, qkv)  # Q4_1, Q/K rows un-permuted alike
-        assert torch.equal(w.layers[i].down_w, sd[p + "mlp.down_proj.weight"])
+        assert torch.equal(dense(w.layers[i].qkv_w), qkv)  # Q4_1, Q/K rows un-permuted alike
+        assert torch.equal(dense(w.layers[i].down_w), sd[p + "mlp.down_proj.weight"])
 
 
 def test_logits_match_transformers(ours, ref):

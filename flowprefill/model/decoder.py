@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from flowprefill.config import ModelConfig
 from flowprefill.core.ops import OpKind, op_kind, op_layer, ops_per_forward
 from flowprefill.model import layers
-from flowprefill.model.weights import ModelWeights
+from flowprefill.model.weights import ModelWeights, prepacked
 
 # attend(layer, q [T, nh, hd], k [T, kvh, hd], v [T, kvh, hd]) -> out [T, nh, hd]; the callee
 # stores k/v in its KV cache and attends over whatever context the caller's metadata says.
@@ -35,7 +35,8 @@ class Decoder:
 
     def __init__(self, cfg: ModelConfig, weights: ModelWeights, compile: bool = False) -> None:
         self.cfg = cfg
-        self.weights = weights
+        # eager on the CPU: projections through oneDNN's prepacked weights (2-3x at decode)
+        self.weights = weights if compile else prepacked(weights)
         self.device = weights.embed.device
         self.dtype = weights.embed.dtype
         cos, sin = layers.rope_tables(cfg.max_position, cfg.dim_head, cfg.rope_theta, self.device,

@@ -67,6 +67,13 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos[:, None, :] + _rotate_half(x) * sin[:, None, :]
 
 
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ w^T + b; `w` may be prepacked for oneDNN (`model.weights.prepacked`, the CPU)."""
+    if w.is_mkldnn:
+        return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+    return F.linear(x, w, b)
+
+
 def attn_in(
     hidden: torch.Tensor,  # [T, H]
     norm_w: torch.Tensor,  # [H]
@@ -81,7 +88,7 @@ def attn_in(
     """Norm, fused QKV projection, RoPE -> q [T, nh, hd], k [T, kvh, hd], v [T, kvh, hd]."""
     t = hidden.shape[0]
     hd = cos.shape[-1]
-    qkv = F.linear(rms_norm(hidden, norm_w, eps), qkv_w, qkv_b)
+    qkv = linear(rms_norm(hidden, norm_w, eps), qkv_w, qkv_b)
     q, k, v = qkv.split([num_heads * hd, num_kv_heads * hd, num_kv_heads * hd], dim=-1)
     q = apply_rope(q.view(t, num_heads, hd), cos, sin)
     k = apply_rope(k.view(t, num_kv_heads, hd), cos, sin)
@@ -90,7 +97,7 @@ def attn_in(
 
 def attn_out(hidden: torch.Tensor, attn: torch.Tensor, o_w: torch.Tensor) -> torch.Tensor:
     """Output projection and residual: hidden [T, H] + attn [T, nh hd] @ o_w^T -> [T, H]."""
-    return hidden + F.linear(attn, o_w)
+    return hidden + linear(attn, o_w)
 
 
 def mlp_block(
@@ -101,12 +108,12 @@ def mlp_block(
     eps: float,
 ) -> torch.Tensor:
     """Norm, fused gate/up projection, SiLU gating, down projection, residual -> [T, H]."""
-    gate, up = F.linear(rms_norm(hidden, norm_w, eps), gate_up_w).chunk(2, dim=-1)
-    return hidden + F.linear(F.silu(gate) * up, down_w)
+    gate, up = linear(rms_norm(hidden, norm_w, eps), gate_up_w).chunk(2, dim=-1)
+    return hidden + linear(F.silu(gate) * up, down_w)
 
 
 def lm_head(
     hidden: torch.Tensor, norm_w: torch.Tensor, head_w: torch.Tensor, eps: float
 ) -> torch.Tensor:
     """Final norm and vocabulary projection of selected rows: [B, H] -> logits [B, V]."""
-    return F.linear(rms_norm(hidden, norm_w, eps), head_w)
+    return linear(rms_norm(hidden, norm_w, eps), head_w)

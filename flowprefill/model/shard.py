@@ -72,14 +72,14 @@ def shard_layer(lw: LayerWeights, cfg: ModelConfig, rank: int, tp: int) -> Layer
 
 def o_proj_partial(attn: torch.Tensor, o_w: torch.Tensor) -> torch.Tensor:
     """A rank's share of the output projection, no residual: [T, nh hd / tp] -> [T, H]."""
-    return F.linear(attn, o_w)
+    return layers.linear(attn, o_w)
 
 
 def mlp_partial(hidden: torch.Tensor, norm_w: torch.Tensor, gate_up_w: torch.Tensor,
                 down_w: torch.Tensor, eps: float) -> torch.Tensor:
     """A rank's share of the MLP block, no residual: hidden [T, H] -> [T, H]."""
-    gate, up = F.linear(layers.rms_norm(hidden, norm_w, eps), gate_up_w).chunk(2, dim=-1)
-    return F.linear(F.silu(gate) * up, down_w)
+    gate, up = layers.linear(layers.rms_norm(hidden, norm_w, eps), gate_up_w).chunk(2, dim=-1)
+    return layers.linear(F.silu(gate) * up, down_w)
 
 
 class ShardedDecoder(Decoder):

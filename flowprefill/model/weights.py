@@ -6,6 +6,7 @@ which is what lets one compiled graph serve every layer. QKV and gate/up are sto
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,6 +44,37 @@ class ModelWeights:
         layers = [LayerWeights(*(cv(getattr(lw, f)) for f in LayerWeights.__dataclass_fields__))
                   for lw in self.layers]
         return ModelWeights(embed, layers, cv(self.norm), head)
+
+
+# projection weights `prepacked` reorders for oneDNN (the norms, biases and embedding stay)
+PACKED = ("qkv_w", "o_w", "gate_up_w", "down_w")
+PACK_ROWS = 16  # the row count oneDNN picks its weight layout for (any count runs)
+
+
+def prepacked(w: ModelWeights) -> ModelWeights:
+    """`w` with every projection weight reordered once into oneDNN's blocked layout, for the
+    CPU: measured here (2 threads) a bf16 [M, 576] x [576, 3072] projection ran 2-3x faster
+    at M = 1..16 and 1.4x at M = 256, fp32 2-3x throughout, with the same results. A tied
+    head gets its own packed copy (the embedding lookup needs the plain table). `dense`
+    reads a packed weight back. Returns `w` unchanged where oneDNN cannot pack its dtype."""
+    if w.embed.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return w
+
+    def pack(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else torch.ops.mkldnn._reorder_linear_weight(t, PACK_ROWS)
+
+    try:
+        pack(w.layers[0].o_w[:1])
+    except RuntimeError:  # e.g. fp16 on a CPU without it
+        return w
+    layers = [dataclasses.replace(lw, **{f: pack(getattr(lw, f)) for f in PACKED})
+              for lw in w.layers]
+    return ModelWeights(w.embed, layers, w.norm, pack(w.lm_head))
+
+
+def dense(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A weight as a plain tensor (a `prepacked` one read back)."""
+    return t.to_dense() if t is not None and t.is_mkldnn else t
 
 
 def qkv_rows(cfg: ModelConfig) -> int:
