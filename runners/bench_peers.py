@@ -4,8 +4,8 @@ The engines start one after another exactly as in runners/compare.py (same HF di
 dtype, compute threads and KV memory; conf/bench_peers.yaml extends conf/compare.yaml):
 
 - uniform: vLLM's own benchmark client, `vllm bench serve --dataset-name random`, at a fixed
-  Poisson rate, after a warm-up with other prompts (no prefix-cache hits). A client nobody
-  here wrote, on every engine.
+  Poisson rate, after a warm-up with other prompts (no prefix-cache hits), `repeats` times
+  (each metric's median; the same prompts each time). A client nobody here wrote.
 - hol (head-of-line): a long prompt, then `delay` seconds later a short urgent one; the urgent
   request's client-side TTFT (first streamed chunk), median of `reps`. FlowPrefill gets each
   request's TTFT SLO; a peer started with `--scheduling-policy priority` gets priorities.
@@ -121,8 +121,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             vllm_bench(client, server.url, model, comp.model_dir, u, u.warmup_prompts, 1,
                        out / "warmup.json")
             entry["load_avg_before"] = os.getloadavg()[0]
-            entry["uniform"] = vllm_bench(client, server.url, model, comp.model_dir, u,
-                                          u.prompts, 0, out / "uniform.json")
+            runs = [vllm_bench(client, server.url, model, comp.model_dir, u, u.prompts, 0,
+                               out / f"uniform{i}.json") for i in range(int(u.repeats))]
+            entry["uniform"] = {k: statistics.median(r[k] for r in runs) for k in UNIFORM_KEYS}
+            entry["uniform_runs"] = runs
             prio = name != FLOWPREFILL and "priority" in comp.peers[name].args
             entry["hol"] = asyncio.run(head_of_line(server.url, model, cfg.hol, prio,
                                                     int(comp.hf["vocab_size"]), 7))

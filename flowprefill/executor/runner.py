@@ -81,11 +81,8 @@ class ModelRunner:
 
     def run_in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` on a fresh thread set up as the engine sets up its thread (the
-        runner's thread count, inference mode), beside the constructing thread's own OpenMP
-        pool, as when serving: how profiling times the model. The difference is real: on a
-        2-core CPU a 256-token prefill of the tiny model took ~23 ms on the main thread and
-        ~34 ms on such a thread (1024 tokens: 63 vs 72 ms). Returns `fn`'s result or raises
-        its exception."""
+        runner's thread count, inference mode): how profiling times the model. Returns `fn`'s
+        result or raises its exception."""
         out: dict[str, Any] = {}
 
         def body() -> None:
@@ -199,9 +196,36 @@ class ModelRunner:
 
 def make_runner(model_cfg: ModelConfig, engine_cfg: EngineConfig) -> ModelRunner:
     """The runner an engine config asks for: this process alone (`engine.tp=1`), or rank 0
-    of a tensor-parallel group that starts the other ranks (`executor.tp`)."""
-    if engine_cfg.tp == 1:
-        return ModelRunner(model_cfg, engine_cfg)
-    from flowprefill.executor.tp import TPModelRunner
+    of a tensor-parallel group that starts the other ranks (`executor.tp`).
 
-    return TPModelRunner(model_cfg, engine_cfg)
+    Built on a thread of its own that ends when it is built, so the OpenMP pool that loading
+    the weights starts ends with it: libgomp gives every thread that runs parallel work a
+    pool of its own, and with more pool threads alive than cores it stops spinning at
+    barriers and sleeps instead. With the constructing thread's pool beside the engine
+    thread's, a 256-token SmolLM2 prefill took 237 ms on 2 cores instead of 126-137 ms."""
+    def build() -> ModelRunner:
+        if engine_cfg.tp == 1:
+            return ModelRunner(model_cfg, engine_cfg)
+        from flowprefill.executor.tp import TPModelRunner
+
+        return TPModelRunner(model_cfg, engine_cfg)
+
+    return on_own_thread(build)
+
+
+def on_own_thread(fn: Callable[[], T]) -> T:
+    """`fn()` on a fresh thread (its OpenMP pool gone when it returns); result or raise."""
+    out: dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            out["result"] = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            out["error"] = e
+
+    t = threading.Thread(target=body, name="runner-build", daemon=True)
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
