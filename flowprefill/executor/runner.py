@@ -202,15 +202,14 @@ def make_runner(model_cfg: ModelConfig, engine_cfg: EngineConfig) -> ModelRunner
     the weights starts ends with it: libgomp gives every thread that runs parallel work a
     pool of its own, and with more pool threads alive than cores it stops spinning at
     barriers and sleeps instead. With the constructing thread's pool beside the engine
-    thread's, a 256-token SmolLM2 prefill took 237 ms on 2 cores instead of 126-137 ms."""
-    def build() -> ModelRunner:
-        if engine_cfg.tp == 1:
-            return ModelRunner(model_cfg, engine_cfg)
-        from flowprefill.executor.tp import TPModelRunner
+    thread's, a 256-token SmolLM2 prefill took 237 ms on 2 cores instead of 126-137 ms.
+    (A tensor-parallel group is started on the calling thread: its ranks die with the thread
+    that forked them.)"""
+    if engine_cfg.tp == 1:
+        return on_own_thread(lambda: ModelRunner(model_cfg, engine_cfg))
+    from flowprefill.executor.tp import TPModelRunner
 
-        return TPModelRunner(model_cfg, engine_cfg)
-
-    return on_own_thread(build)
+    return TPModelRunner(model_cfg, engine_cfg)
 
 
 def on_own_thread(fn: Callable[[], T]) -> T:
