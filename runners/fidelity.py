@@ -5,7 +5,8 @@ the real engine.
 runners/experiment.py does), replay the workload window against it, simulate the same
 requests (same ids, arrivals and SLOs) with the fitted artifact, and compare: per-request TTFT
 relative error (median, p90, signed median), and the differences in TTFT attainment (points)
-and goodput. Requests ask for one output token: the simulator models the prefill worker.
+and goodput. Requests ask for `max_output` tokens at most (default 1: the simulator models
+the prefill worker; more: it decodes too, and the TBT error and attainment are compared).
 With `calibrate=true` the simulation is repeated with the device charged the artifact's costs
 times the serving slowdown measured on the real server just before the replay (isolated
 requests of `calibrate_lengths`, sent one at a time; per size bucket the median ratio of their
@@ -71,15 +72,25 @@ def compare(real: Sequence[RequestRecord], sim: Sequence[RequestRecord]) -> dict
     """Per-request TTFT error of `sim` against `real` (matched by request id) and the
     difference in headline metrics (sim minus real; attainment in points)."""
     by_id = {r.request_id: r for r in sim}
-    rel, signed = [], []
+    rel, signed, tbt_rel, tbt_signed = [], [], [], []
     for r in real:
         s = by_id.get(r.request_id)
         if s is None or r.ttft is None or s.ttft is None or r.ttft <= 0:
             continue
         signed.append((s.ttft - r.ttft) / r.ttft)
         rel.append(abs(signed[-1]))
+        if r.mean_tbt and s.mean_tbt is not None:  # requests that decoded (max_output > 1)
+            tbt_signed.append((s.mean_tbt - r.mean_tbt) / r.mean_tbt)
+            tbt_rel.append(abs(tbt_signed[-1]))
     a, b = summarize(real), summarize(sim)
-    return {
+    tbt = {} if not tbt_rel else {
+        "tbt_matched": len(tbt_rel),  # per request: its mean gap between tokens
+        "tbt_rel_err_median": percentile(tbt_rel, 50),
+        "tbt_rel_err_p90": percentile(tbt_rel, 90),
+        "tbt_signed_err_median": percentile(tbt_signed, 50),
+        "tbt_attainment_real": a["tbt_attainment"], "tbt_attainment_sim": b["tbt_attainment"],
+        "tbt_attainment_diff_points": 100 * (b["tbt_attainment"] - a["tbt_attainment"])}
+    return tbt | {
         "matched": len(rel),
         "ttft_rel_err_median": percentile(rel, 50),
         "ttft_rel_err_p90": percentile(rel, 90),
@@ -124,7 +135,8 @@ def real_run(cfg: DictConfig, policy: PolicyConfig, requests: list,
                     run_dir / "server.log", cfg.startup_timeout)
     try:
         s = ReplaySettings(url=server.url, model=from_hydra(ModelConfig, cfg.model).served_name,
-                           max_output_tokens=1, timeout=cfg.timeout, seed=cfg.workload.seed)
+                           max_output_tokens=cfg.max_output, timeout=cfg.timeout,
+                           seed=cfg.workload.seed)
         asyncio.run(warm_up(s, cfg.warmup))
         isolated = asyncio.run(isolated_ttfts(s, cfg.calibrate_lengths)) if cfg.calibrate else []
         return asyncio.run(replay(requests, s)), isolated
@@ -151,7 +163,7 @@ def replay_fidelity(cfg: DictConfig, run_dir: Path) -> dict:
     """Real vs simulated replay of the workload window, per policy."""
     from flowprefill.predictor import CorrectedPredictor, OnlineCorrection
     from flowprefill.sim import Simulator
-    from flowprefill.sim.experiment import SimSetup, cost_models, run_with_result
+    from flowprefill.sim.experiment import SimSetup, cost_models
     from flowprefill.workload import build_requests
 
     model, hardware = from_hydra(ModelConfig, cfg.model), from_hydra(HardwareConfig,
@@ -164,19 +176,22 @@ def replay_fidelity(cfg: DictConfig, run_dir: Path) -> dict:
     for name in cfg.policies:
         policy = policy_config(name)
         # fidelity pairs the same requests one to one: none is warm-up here
+        sim_cfg = dataclasses.replace(from_hydra(SimConfig, cfg.sim),
+                                      decode=cfg.max_output > 1)
         setup = SimSetup(model=model, hardware=hardware, policy=policy,
-                         predictor=sim_pred, workload=workload, slo=slo,
-                         sim=from_hydra(SimConfig, cfg.sim),
+                         predictor=sim_pred, workload=workload, slo=slo, sim=sim_cfg,
                          metrics=MetricsConfig(warmup_requests=0),
                          tp=from_hydra(EngineConfig, cfg.engine).tp)
-        requests = build_requests(workload, slo, cost_models(setup).truth.isolated_ttft)
+        # each request's output as the replay client caps it (one token: prefill only)
+        requests = [dataclasses.replace(r, max_tokens=max(1, min(r.max_tokens, cfg.max_output)))
+                    for r in build_requests(workload, slo, cost_models(setup).truth.isolated_ttft)]
         load_before = os.getloadavg()
         real, isolated = real_run(cfg, policy, requests, run_dir / name)
         base = cost_models(setup).predictor
-        _, result = run_with_result(setup)
+        simulated = Simulator(policy, base, setup.sim).run(requests).records  # the same ones
         JsonSink(run_dir / name / "real").log_records(real)
-        JsonSink(run_dir / name / "sim").log_records(result.records)
-        res = compare(real, result.records)
+        JsonSink(run_dir / name / "sim").log_records(simulated)
+        res = compare(real, simulated)
         if isolated:  # the device charged the profile's costs x the slowdown as served now
             corr = OnlineCorrection()
             corr.calibrate((n, t / base.isolated_ttft(n)) for n, t in isolated)

@@ -82,3 +82,21 @@ def test_replay_against_a_real_server_with_serving_calibration(tmp_path):
     for side in ("real", "sim"):
         lines = (tmp_path / "run" / "fcfs" / side / "records.jsonl").read_text().splitlines()
         assert len(lines) == 4
+
+
+def test_compare_tbt_errors_when_requests_decode(fidelity):
+    def decoded(rid: str, gap: float) -> RequestRecord:
+        r = _rec(rid, 0.0, 0.1)
+        r.tbt_slo = 0.05
+        r.token_times = [0.1 + gap * (k + 1) for k in range(4)]
+        r.finish_time = r.token_times[-1]
+        return r
+
+    real = [decoded("a", 0.04), decoded("b", 0.04)]
+    sim = [decoded("a", 0.05), decoded("b", 0.06)]  # +25%, +50%; b misses its TBT SLO
+    res = fidelity.compare(real, sim)
+    assert res["tbt_matched"] == 2
+    assert 0.25 < res["tbt_rel_err_median"] < res["tbt_rel_err_p90"] <= 0.5
+    assert res["tbt_signed_err_median"] > 0  # the simulation decodes slower
+    assert res["tbt_attainment_real"] == 1.0 and res["tbt_attainment_sim"] < 1.0
+    assert "tbt_matched" not in fidelity.compare([_rec("a", 0, 0.1)], [_rec("a", 0, 0.1)])
