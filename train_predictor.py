@@ -92,15 +92,21 @@ def run(profile: Path, out: Path, settings: TrainSettings,
     return report
 
 
+def expected_meta(cfg: DictConfig) -> dict:
+    """What the profile must record for this config: model, machine, and the engine keys
+    the config names (one left `auto` accepts what the profile says it resolved to)."""
+    engine = {k: cfg.engine[k] for k in ("device", "dtype") if cfg.engine[k] != "auto"}
+    return {"model": cfg.model.name, "num_layers": cfg.model.num_layers,
+            "hardware": cfg.hardware.name, **engine}
+
+
 register_configs()
 
 
 @hydra.main(config_path="conf", config_name="train_predictor", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     out = Path(hydra.utils.to_absolute_path(cfg.out))
-    expect = {"model": cfg.model.name, "num_layers": cfg.model.num_layers,
-              "hardware": cfg.hardware.name, "device": cfg.engine.device,
-              "dtype": cfg.engine.dtype} if cfg.check_config else None
+    expect = expected_meta(cfg) if cfg.check_config else None
     report = run(Path(hydra.utils.to_absolute_path(cfg.profile)), out,
                  TrainSettings(cfg.heldout_every, cfg.mad_k, cfg.cubic_drop, cfg.stat), expect)
     keys = ("heldout_mape", "cubic_heldout_mape", "chunk_heldout_mape", "batch_heldout_mape",

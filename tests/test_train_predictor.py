@@ -160,3 +160,19 @@ def test_train_on_a_real_profile_and_load_by_name(tiny_profile, tmp_path, monkey
                       RooflinePredictor)
     with pytest.raises(ValueError, match="profiles model"):
         train_predictor.run(tiny_profile, tmp_path / "x", TrainSettings(), {"model": "qwen"})
+
+
+def test_the_config_check_accepts_what_auto_resolved_to(tiny_profile, tmp_path):
+    import train_predictor
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"model": {"name": MODEL.name, "num_layers": MODEL.num_layers},
+                            "hardware": {"name": "cpu"},
+                            "engine": {"device": "auto", "dtype": "auto"}})
+    expect = train_predictor.expected_meta(cfg)
+    assert "device" not in expect and "dtype" not in expect
+    train_predictor.run(tiny_profile, tmp_path / "a", TrainSettings(), expect)  # profiled: cpu
+    cfg.engine.dtype = "bfloat16"  # the profile ran float32: named, not trained
+    with pytest.raises(ValueError, match="dtype"):
+        train_predictor.run(tiny_profile, tmp_path / "b", TrainSettings(),
+                            train_predictor.expected_meta(cfg))
