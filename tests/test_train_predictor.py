@@ -163,8 +163,9 @@ def test_train_on_a_real_profile_and_load_by_name(tiny_profile, tmp_path, monkey
 
 
 def test_the_config_check_accepts_what_auto_resolved_to(tiny_profile, tmp_path):
-    import train_predictor
     from omegaconf import OmegaConf
+
+    import train_predictor
 
     cfg = OmegaConf.create({"model": {"name": MODEL.name, "num_layers": MODEL.num_layers},
                             "hardware": {"name": "cpu"},
