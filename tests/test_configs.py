@@ -114,3 +114,14 @@ def test_no_script_shadows_a_standard_library_module():
     for folder in ("runners", "analysis", "traces", "."):
         for script in (CONF.parent / folder).glob("*.py"):
             assert script.stem not in sys.stdlib_module_names, script
+
+
+def test_cpu_threads_split_the_cores_over_ranks_and_workers():
+    import os
+
+    from flowprefill.executor.device import cpu_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert cpu_threads() == cores
+    assert cpu_threads(processes=2) == max(1, cores // 2)  # deploy=pd: prefill + decode
+    assert cpu_threads(tp=2, processes=4 * cores) == 1  # never zero

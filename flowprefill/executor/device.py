@@ -64,14 +64,16 @@ def hardware_preset(engine: EngineConfig, gpu_name: str | None = None) -> str:
     return "cpu_bf16" if engine.dtype == "bfloat16" else "cpu"
 
 
-def cpu_threads(tp: int = 1) -> int:
+def cpu_threads(tp: int = 1, processes: int = 1) -> int:
     """`engine.threads=0` on the CPU: the cores this process may use, split over the
-    tensor-parallel ranks (one OpenMP pool per rank). On a 2-core machine under load (SmolLM2,
-    4 x 256-token prompts/s through the server) two threads gave a mean TTFT of 0.71 s where
-    one, leaving a core to the server's event loop, gave 1.76 s; alone, 266 vs 307 ms."""
+    tensor-parallel ranks and over the worker `processes` sharing the machine (a `deploy=pd`
+    launch), one OpenMP pool each. On a 2-core machine under load (SmolLM2, 4 x 256-token
+    prompts/s through the server) two threads gave a mean TTFT of 0.71 s where one, leaving a
+    core to the server's event loop, gave 1.76 s; alone, 266 vs 307 ms. More pool threads
+    than cores make libgomp sleep at every barrier (see executor.runner.make_runner)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
         os.cpu_count() or 1)
-    return max(1, cores // tp)
+    return max(1, cores // (tp * processes))
 
 
 def resolve(cfg: EngineConfig, m: Machine | None = None) -> EngineConfig:

@@ -206,8 +206,14 @@ def _run_all(configs: dict, max_decode_batch: int) -> None:
     from flowprefill.server.pd_launch import WorkerGroup, free_port
 
     deploy: DeployConfig = configs["deploy"]
-    group = WorkerGroup(configs, max_decode_batch, deploy.max_restarts, deploy.restart_delay)
     roles = ["prefill"] * deploy.prefill_workers + ["decode"] * deploy.decode_workers
+    engine: EngineConfig = configs["engine"]
+    if engine.threads == 0:  # on the CPU the workers share its cores (on CUDA: unused)
+        from flowprefill.executor.device import cpu_threads
+
+        configs = configs | {"engine": dataclasses.replace(
+            engine, threads=cpu_threads(engine.tp, len(roles)))}
+    group = WorkerGroup(configs, max_decode_batch, deploy.max_restarts, deploy.restart_delay)
     devices = worker_devices(deploy)
     try:
         for i, role in enumerate(roles):
