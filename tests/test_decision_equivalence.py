@@ -190,3 +190,24 @@ def test_same_decisions_when_clients_go_away(name):
     log = compare(policy, requests, 0.02, True, PRESSURE_BLOCKS, aborts)
     if policy.granularity == "operator":  # (others see an abort only when a job has ended)
         assert riders_aborted(log) >= 1, "some abort should hit a sequence riding a job"
+
+
+def test_decoding_goes_on_at_its_pace_through_a_long_prefill():
+    """One device loop: a sequence decoding while a 4,000-token prefill runs gets a token at
+    least every `decode_pace` plus one unit (a step runs at the next preemption point), not
+    one per prefill, and the prefill still completes."""
+    policy = PolicyConfig(name="flowprefill", **POLICIES["flowprefill"])
+    rng = random.Random(1)
+    short = Request("short", 0.0, 16, SLO(ttft=1.0), max_tokens=60,
+                    prompt_token_ids=tuple(rng.randrange(512) for _ in range(16)))
+    long = Request("long", 0.05, 4000, SLO(ttft=100.0), max_tokens=1,
+                   prompt_token_ids=tuple(rng.randrange(512) for _ in range(4000)))
+    max_unit = 0.02
+    _, recs = engine_trace(policy, [short, long], max_unit, True, 400)
+    lo, hi = recs["long"].prefill_start, recs["long"].prefill_end
+    assert hi - lo > 5 * policy.decode_pace  # UnitPredictor: 1.6 s of prefill
+    times = [recs["short"].first_token_time, *recs["short"].token_times]
+    during = [t for t in times if lo <= t <= hi]
+    assert len(during) >= (hi - lo) / (policy.decode_pace + max_unit) - 1
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False) if lo <= a and b <= hi]
+    assert gaps and max(gaps) <= policy.decode_pace + 2 * max_unit
