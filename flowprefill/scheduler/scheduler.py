@@ -332,25 +332,27 @@ class Scheduler:
         lens = [r.prompt_len for r in batch]
         plan = self.planner.plan(lens)
         chunk = self.cfg.chunk_size if self.planner.chunked(head.prompt_len) else None
+        blocks = sum(self._blocks(r) for r in batch)
         riders: tuple = ()
         if chunk is None and self.decoding is not None and self.cfg.mix_decode:
             seqs = self.decoding.candidates()
+            # each rider's new token may need a block, beside the prompts'
+            growth = self.decoding.growth(self.kv.block_size, seqs) if self.kv else 0
+            fits = self.kv is None or self.kv.free_blocks() - blocks >= growth
             mixed = self.planner.plan(lens, [q.context for q in seqs]) if seqs else plan
             # they ride if the job ends before their next token is due (as the decode step
             # that would otherwise run inside the job: its TBT deadlines and the pace)
-            if seqs and now + self.predictor.total(mixed) <= self._token_due(seqs):
+            if seqs and fits and now + self.predictor.total(mixed) <= self._token_due(seqs):
                 riders, plan = tuple(q.request for q in seqs), mixed
                 self.decoding.board(tuple(r.request_id for r in riders))
+                blocks += growth
         job = Job(self._next_job_id, tuple(batch), plan, chunk, riders)
         self._next_job_id += 1
         items = [self.queue.remove(r.request_id) for r in batch]
         self._job_rank[job.job_id] = (min(w.key for w in items), min(w.seq for w in items))
         for r in batch:
             self._job_of[r.request_id] = job
-        self._new_blocks = sum(self._blocks(r) for r in batch)
-        if riders:  # each rider's new token may need a block
-            self._new_blocks += sum(1 for q in seqs if q.context % self.kv.block_size == 0) if (
-                self.kv is not None) else 0
+        self._new_blocks = blocks
         return job
 
     def _token_due(self, seqs: list) -> float:
