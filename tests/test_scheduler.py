@@ -220,3 +220,22 @@ def test_load_estimate_decays_with_time():
         load.add(float(i), 1.0)
     assert 0.9 < load.at(99.0) < 1.1
     assert load.at(99.0 + 10 * 10.0) < 1e-4 * load.at(99.0)
+
+
+@pytest.mark.parametrize("blocks", [2, 3])
+def test_decode_tokens_ride_a_job_with_the_blocks_admission_kept_for_them(blocks):
+    """A decoding sequence whose last block is full needs a new block for its next token.
+    Admission keeps it free: with 2 blocks the new prompt waits and the sequence steps; with
+    3 the prompt runs and the sequence's token rides its job, its block counted."""
+    kv = BlockBudget(blocks, block_size=16)
+    s = Scheduler(policy(granularity="none", batching=False), UnitPredictor(), kv, decode=True)
+    d = s.on_event(Arrival(req("a", 0.0, 16, 1.0)), 0.0)
+    kv.allocate(16)  # as the engine does when it starts the job: one full block
+    d = s.on_event(Completion(d.run.job_id), 0.01)  # "a" decodes from here
+    assert d.decode == ("a",)
+    d = s.on_event(Arrival(req("b", 0.011, 16, 1.0)), 0.011)  # one block for its prompt
+    if blocks == 2:
+        assert d.run is None and d.decode == ("a",)
+    else:
+        assert ids(d.run) == ("b",) and [r.request_id for r in d.run.riders] == ["a"]
+        assert d.decode == () and s._new_blocks == 2  # the prompt's block and the rider's

@@ -336,13 +336,13 @@ class Scheduler:
         riders: tuple = ()
         if chunk is None and self.decoding is not None and self.cfg.mix_decode:
             seqs = self.decoding.candidates()
-            # each rider's new token may need a block, beside the prompts'
+            # a rider's new token may need a block: admission kept it free for the decode
+            # batch (the growth above), which is what rides
             growth = self.decoding.growth(self.kv.block_size, seqs) if self.kv else 0
-            fits = self.kv is None or self.kv.free_blocks() - blocks >= growth
             mixed = self.planner.plan(lens, [q.context for q in seqs]) if seqs else plan
             # they ride if the job ends before their next token is due (as the decode step
             # that would otherwise run inside the job: its TBT deadlines and the pace)
-            if seqs and fits and now + self.predictor.total(mixed) <= self._token_due(seqs):
+            if seqs and now + self.predictor.total(mixed) <= self._token_due(seqs):
                 riders, plan = tuple(q.request for q in seqs), mixed
                 self.decoding.board(tuple(r.request_id for r in riders))
                 blocks += growth
