@@ -57,7 +57,10 @@ def test_vllm_bench_serve_runs_against_our_server(smol_dir, tmp_path):
     assert result["output_lens"] == [6] * 6 and result["total_output_tokens"] == 36
     assert set(VLLM_KEYS) <= set(result)  # our summaries use vLLM's key names
     assert result["request_goodput"] > 0 and result["mean_ttft_ms"] > 0
-    assert all(len(itl) == 5 for itl in result["itls"])  # one chunk per token after the first
+    # a chunk per token, never bundled; a token whose text is held back (an incomplete UTF-8
+    # sequence) sends none, so a request may have fewer
+    assert all(len(itl) <= 5 for itl in result["itls"])
+    assert max(len(itl) for itl in result["itls"]) == 5
 
 
 def test_compare_smoke_flowprefill_and_one_vllm_peer(smol_dir, tmp_path):
