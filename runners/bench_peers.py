@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "runners"))
 sys.path.insert(1, str(ROOT))
 
 from compare import FLOWPREFILL, Comparison  # noqa: E402
-from peer_servers import peer_executable  # noqa: E402
+from peer_servers import peer_executable, vllm_env  # noqa: E402
 
 from flowprefill.config import register_configs  # noqa: E402
 
@@ -47,8 +47,8 @@ UNIFORM_KEYS = ("completed", "mean_ttft_ms", "median_ttft_ms", "p99_ttft_ms", "m
                 "duration")
 
 
-def vllm_bench(client: Path, url: str, model: str, tokenizer: Path, c: DictConfig,
-               prompts: int, seed: int, out: Path) -> dict:
+def vllm_bench(client: Path, env: dict[str, str], url: str, model: str, tokenizer: Path,
+               c: DictConfig, prompts: int, seed: int, out: Path) -> dict:
     """One `vllm bench serve` run (random prompts); its saved result's headline numbers."""
     cmd = [str(client), "bench", "serve", "--backend", "vllm", "--base-url", url,
            "--endpoint", "/v1/completions", "--model", model, "--tokenizer", str(tokenizer),
@@ -58,8 +58,6 @@ def vllm_bench(client: Path, url: str, model: str, tokenizer: Path, c: DictConfi
            "--percentile-metrics", "ttft,tpot,itl,e2el", "--goodput",
            f"ttft:{c.goodput_ttft_ms}", "--save-result", "--result-dir", str(out.parent),
            "--result-filename", out.name]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               VLLM_TARGET_DEVICE="cpu", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     if done.returncode:
         raise RuntimeError(f"vllm bench serve failed ({done.returncode}):\n"
@@ -105,9 +103,10 @@ async def head_of_line(url: str, model: str, c: DictConfig, priority: bool, voca
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     comp = Comparison(cfg, run_dir)
     names = [FLOWPREFILL, *comp.peers]
-    client = peer_executable(next(iter(comp.peers.values()))) if comp.peers else None
-    if client is None:
+    if not comp.peers:
         raise ValueError("bench_peers needs a peer (peers=[vllm]): its client is vLLM's")
+    peer = next(iter(comp.peers.values()))  # its venv's client, run offline on the CPU
+    client, env = peer_executable(peer), vllm_env(peer, comp.shared, os.environ)
     engines: dict[str, dict] = {}
     for name in names:
         log.info("[%s] starting (load average %.2f)", name, os.getloadavg()[0])
@@ -118,10 +117,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             model, u = comp.shared.served_name, cfg.uniform
             out = run_dir / name
             out.mkdir(parents=True, exist_ok=True)
-            vllm_bench(client, server.url, model, comp.model_dir, u, u.warmup_prompts, 1,
+            vllm_bench(client, env, server.url, model, comp.model_dir, u, u.warmup_prompts, 1,
                        out / "warmup.json")
             entry["load_avg_before"] = os.getloadavg()[0]
-            runs = [vllm_bench(client, server.url, model, comp.model_dir, u, u.prompts, 0,
+            runs = [vllm_bench(client, env, server.url, model, comp.model_dir, u, u.prompts, 0,
                                out / f"uniform{i}.json") for i in range(int(u.repeats))]
             entry["uniform"] = {k: statistics.median(r[k] for r in runs) for k in UNIFORM_KEYS}
             entry["uniform_runs"] = runs

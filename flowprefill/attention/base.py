@@ -40,6 +40,11 @@ class Segment:
     def kv_len(self) -> int:
         return self.ctx + self.num
 
+    @property
+    def single(self) -> bool:
+        """One query row over cached context (a decoding sequence riding a prefill job)."""
+        return self.num == 1 and self.ctx > 0
+
 
 @dataclass(frozen=True, eq=False)  # identity: a backend's plan is keyed by the object
 class PrefillMeta:
@@ -56,7 +61,7 @@ class PrefillMeta:
         """The segments of one query row over cached context (decoding sequences riding a
         prefill job, one-token chunks), for a backend that attends to them as one batch;
         None when there are none. Derived on the device once per call's metadata."""
-        segs = [s for s in self.segments if s.num == 1 and s.ctx > 0]
+        segs = [s for s in self.segments if s.single]
         if not segs:
             return None
         dev = self.slots.device

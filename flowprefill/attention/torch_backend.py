@@ -34,7 +34,7 @@ class TorchBackend:
                                                       single.mask))
         for seg in meta.segments:
             rows = slice(seg.row, seg.row + seg.num)
-            if single is not None and seg.num == 1 and seg.ctx > 0:
+            if seg.single:  # attended above
                 continue
             if seg.ctx == 0:
                 out[rows] = _causal(q[rows], k[rows], v[rows])

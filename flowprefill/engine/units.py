@@ -120,11 +120,8 @@ class UnitRunner:
         self.rider_tokens += len(riders)
         for r, stream, token in zip(riders, streams, tokens, strict=True):
             rid = r.request_id
-            del self.riding[rid]
-            if rid in self._gone or stream is None or stream.aborted:
-                self._gone.discard(rid)
-                self.tokens.pop(rid, None)
-                self.runner.free(rid)
+            if self._alighted(rid) or stream is None or stream.aborted:
+                self._release(rid)
                 finished.append(rid)
             elif self._hand(rid, stream, token, now):
                 finished.append(rid)
@@ -166,8 +163,8 @@ class UnitRunner:
         prefill job whose units still write it, when that job ends."""
         if rid in self.riding:
             self._gone.add(rid)
-        elif self.tokens.pop(rid, None) is not None:
-            self.runner.free(rid)
+        elif rid in self.tokens:
+            self._release(rid)
 
     def evict(self, rid: str) -> Request | None:
         """Free a decoding sequence's KV; the request to prefill again (prompt + generated)."""
@@ -190,12 +187,21 @@ class UnitRunner:
         self.timeline.wait(self.timeline.last)
         job.abort()  # riders give back their new slot and decode as before
         for r in job.job.riders:
-            rid = r.request_id
-            del self.riding[rid]
-            if rid in self._gone:
-                self._gone.discard(rid)
-                self.tokens.pop(rid, None)
-                self.runner.free(rid)
+            if self._alighted(r.request_id):
+                self._release(r.request_id)
+
+    def _alighted(self, rid: str) -> bool:
+        """A rider's job has ended; True if it was aborted meanwhile."""
+        del self.riding[rid]
+        if rid not in self._gone:
+            return False
+        self._gone.discard(rid)
+        return True
+
+    def _release(self, rid: str) -> None:
+        """A decoding sequence is gone: its KV back."""
+        self.tokens.pop(rid, None)
+        self.runner.free(rid)
 
 
     def reject(self, rid: str, reason: str) -> None:

@@ -83,21 +83,11 @@ class ModelRunner:
         """`fn(*args)` on a fresh thread set up as the engine sets up its thread (the
         runner's thread count, inference mode): how profiling times the model. Returns `fn`'s
         result or raises its exception."""
-        out: dict[str, Any] = {}
+        def body() -> T:
+            with self.use_threads(), torch.inference_mode():
+                return fn(*args)
 
-        def body() -> None:
-            try:
-                with self.use_threads(), torch.inference_mode():
-                    out["result"] = fn(*args)
-            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-                out["error"] = e
-
-        t = threading.Thread(target=body, name="runner-work", daemon=True)  # Ctrl-C exits
-        t.start()
-        t.join()
-        if "error" in out:
-            raise out["error"]
-        return out["result"]
+        return on_own_thread(body)
 
     @contextlib.contextmanager
     def on(self, stream: torch.cuda.Stream | None) -> Iterator[None]:
@@ -222,7 +212,7 @@ def on_own_thread(fn: Callable[[], T]) -> T:
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
             out["error"] = e
 
-    t = threading.Thread(target=body, name="runner-build", daemon=True)
+    t = threading.Thread(target=body, name="runner-work", daemon=True)  # Ctrl-C exits
     t.start()
     t.join()
     if "error" in out:

@@ -29,7 +29,7 @@ from flowprefill.core import Job
 from flowprefill.executor import device
 from flowprefill.executor.memory import available, check_fits
 from flowprefill.executor.prefill_job import PrefillJob
-from flowprefill.executor.runner import ModelRunner
+from flowprefill.executor.runner import ModelRunner, T
 from flowprefill.executor.tp_group import (
     CollectiveError,
     RankGroup,
@@ -55,20 +55,19 @@ class MirroredPrefillJob(PrefillJob):
     runner: TPModelRunner
 
     def step(self) -> tuple[int, int]:
-        rn = self.runner
-        with rn.lock:
-            rn.group.send(("step", self.job_id))
-            try:
-                return super().step()
-            except CollectiveError as e:
-                raise rn.group.broken(str(e)) from e
+        return self._mirrored("step", super().step)
 
     def run_monolithic(self) -> torch.Tensor:
+        return self._mirrored("monolithic", super().run_monolithic)
+
+    def _mirrored(self, command: str, run: Callable[[], T]) -> T:
+        """`run()` here while every rank runs `command` on this job; a failed collective
+        breaks the group."""
         rn = self.runner
         with rn.lock:
-            rn.group.send(("monolithic", self.job_id))
+            rn.group.send((command, self.job_id))
             try:
-                return super().run_monolithic()
+                return run()
             except CollectiveError as e:
                 raise rn.group.broken(str(e)) from e
 

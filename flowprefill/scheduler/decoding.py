@@ -10,6 +10,7 @@ freed; they come back as prefills of prompt plus generated tokens). Pure Python.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from flowprefill.core import Request
@@ -106,3 +107,10 @@ class DecodeSet:
             del self._seqs[rid]
             evicted.append(rid)
         return tuple(evicted)
+
+
+def token_due(seqs: list[Seq], pace: float | None) -> float:
+    """When the next token of these sequences is due while a prefill runs: the earliest TBT
+    deadline, and `pace` after the oldest token (None: the deadlines alone)."""
+    due = min((s.deadline for s in seqs), default=math.inf)
+    return due if pace is None else min(due, min(s.last for s in seqs) + pace)

@@ -9,6 +9,7 @@ with all work available now, which is the queue's situation at each scheduling e
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Hashable, Iterable
 
 
@@ -30,3 +31,13 @@ def moore_hodgson(items: Iterable[tuple[float, float, Hashable]], start: float) 
             t += neg_cost
             dropped.append(victim)
     return dropped
+
+
+def edf_slack(work: Iterable[tuple[float, float]], start: float) -> float:
+    """The least slack of (deadline, cost) work run earliest-deadline-first from `start`
+    (inf for none)."""
+    slack, t = math.inf, start
+    for deadline, cost in sorted(work):
+        t += cost
+        slack = min(slack, deadline - t)
+    return slack

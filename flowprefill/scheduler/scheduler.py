@@ -34,8 +34,8 @@ from flowprefill.core import (
 from flowprefill.predictor import Predictor
 from flowprefill.predictor.plan import Planner
 from flowprefill.scheduler.batching import MAX_SCAN, form_batch
-from flowprefill.scheduler.decoding import DecodeSet
-from flowprefill.scheduler.dropping import moore_hodgson
+from flowprefill.scheduler.decoding import DecodeSet, token_due
+from flowprefill.scheduler.dropping import edf_slack, moore_hodgson
 from flowprefill.scheduler.kv import KVView, blocks_for
 from flowprefill.scheduler.load import Load
 from flowprefill.scheduler.orders import get_order
@@ -313,20 +313,15 @@ class Scheduler:
         if current is not None and not self._late(current, now):
             work.append((current.deadline, self.predictor.remaining(current.plan,
                                                                     self.done(current))))
-        slack, t = math.inf, now
-        for deadline, cost in sorted(work):
-            t += cost
-            slack = min(slack, deadline - t)
-        return slack
+        return edf_slack(work, now)
 
     def _new_job(self, head: Request, rest: list[Request], now: float) -> Job:
+        # the decode batch's next blocks stay free (they are also what riders need)
+        growth = self.decoding.growth(self.kv.block_size) if self.decoding and self.kv else 0
         if self.planner.chunked(head.prompt_len):
             batch = [head]
         else:
-            free = None
-            if self.kv is not None:
-                growth = self.decoding.growth(self.kv.block_size) if self.decoding else 0
-                free = self.kv.free_blocks() - growth
+            free = None if self.kv is None else self.kv.free_blocks() - growth
             bs = self.kv.block_size if self.kv else 1
             batch = form_batch(head, rest, now, self.cfg, self.predictor, free, bs)
         lens = [r.prompt_len for r in batch]
@@ -336,13 +331,11 @@ class Scheduler:
         riders: tuple = ()
         if chunk is None and self.decoding is not None and self.cfg.mix_decode:
             seqs = self.decoding.candidates()
-            # a rider's new token may need a block: admission kept it free for the decode
-            # batch (the growth above), which is what rides
-            growth = self.decoding.growth(self.kv.block_size, seqs) if self.kv else 0
             mixed = self.planner.plan(lens, [q.context for q in seqs]) if seqs else plan
             # they ride if the job ends before their next token is due (as the decode step
             # that would otherwise run inside the job: its TBT deadlines and the pace)
-            if seqs and now + self.predictor.total(mixed) <= self._token_due(seqs):
+            if seqs and now + self.predictor.total(mixed) <= token_due(seqs,
+                                                                        self.cfg.decode_pace):
                 riders, plan = tuple(q.request for q in seqs), mixed
                 self.decoding.board(tuple(r.request_id for r in riders))
                 blocks += growth
@@ -354,14 +347,6 @@ class Scheduler:
             self._job_of[r.request_id] = job
         self._new_blocks = blocks
         return job
-
-    def _token_due(self, seqs: list) -> float:
-        """When the next token of these decoding sequences is due while a prefill runs: the
-        earliest TBT deadline, and the pace after the oldest token."""
-        due = min(s.deadline for s in seqs)
-        if self.cfg.decode_pace is not None:
-            due = min(due, min(s.last for s in seqs) + self.cfg.decode_pace)
-        return due
 
     def _decode_plan(self, now: float) -> tuple[tuple[str, ...], float, tuple[str, ...]]:
         """(the next decode step's sequences, when it runs, sequences to evict first)."""
@@ -384,7 +369,8 @@ class Scheduler:
         step = self.predictor.decode_cost(tuple((1, s.context) for s in batch))
         p, _ = job.plan.locate(min(self.done(job), job.plan.num_units - 1))
         guard = self.predictor.units(job.plan.passes[p]).longest
-        at = min(min(s.deadline for s in batch) - step - guard, self._token_due(batch))
+        at = min(min(s.deadline for s in batch) - step - guard,
+                 token_due(batch, self.cfg.decode_pace))
         return ids, at, evict
 
     def _moore_hodgson(self, now: float) -> None:
