@@ -1,11 +1,13 @@
 """`python runners/bench_peers.py [overrides]`: FlowPrefill beside its peers on two fixed cases.
 
-The engines start one after another exactly as in runners/compare.py (same HF directory,
-dtype, compute threads and KV memory; conf/bench_peers.yaml extends conf/compare.yaml):
+The engines start as in runners/compare.py (same HF directory, dtype, compute threads and KV
+memory; conf/bench_peers.yaml extends conf/compare.yaml) and stay up together, each idle
+while another is measured:
 
 - uniform: vLLM's own benchmark client, `vllm bench serve --dataset-name random`, at a fixed
-  Poisson rate, after a warm-up with other prompts (no prefix-cache hits), `repeats` times
-  (each metric's median; the same prompts each time). A client nobody here wrote.
+  Poisson rate, after a warm-up with other prompts (no prefix-cache hits), `repeats` rounds
+  over the engines in turn (each metric's median, and the median of the per-round ratios;
+  the same prompts each time). A client nobody here wrote.
 - hol (head-of-line): a long prompt, then `delay` seconds later a short urgent one; the urgent
   request's client-side TTFT (first streamed chunk), median of `reps`. FlowPrefill gets each
   request's TTFT SLO; a peer started with `--scheduling-policy priority` gets priorities.
@@ -101,45 +103,51 @@ async def head_of_line(url: str, model: str, c: DictConfig, priority: bool, voca
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
+    """Every engine is started (and warmed) first and stays up, idle while another is measured;
+    the uniform runs then go round the engines `repeats` times (A B A B ...), so a drift in
+    this machine's speed during the benchmark falls on every engine alike; then the
+    head-of-line case on each."""
     comp = Comparison(cfg, run_dir)
     names = [FLOWPREFILL, *comp.peers]
     if not comp.peers:
         raise ValueError("bench_peers needs a peer (peers=[vllm]): its client is vLLM's")
     peer = next(iter(comp.peers.values()))  # its venv's client, run offline on the CPU
     client, env = peer_executable(peer), vllm_env(peer, comp.shared, os.environ)
-    engines: dict[str, dict] = {}
-    for name in names:
-        log.info("[%s] starting (load average %.2f)", name, os.getloadavg()[0])
-        t0 = time.perf_counter()
-        server = comp.start(name)
-        entry: dict = {"startup_s": time.perf_counter() - t0}
-        try:
-            model, u = comp.shared.served_name, cfg.uniform
-            out = run_dir / name
-            out.mkdir(parents=True, exist_ok=True)
-            vllm_bench(client, env, server.url, model, comp.model_dir, u, u.warmup_prompts, 1,
-                       out / "warmup.json")
-            entry["load_avg_before"] = os.getloadavg()[0]
-            runs = [vllm_bench(client, env, server.url, model, comp.model_dir, u, u.prompts, 0,
-                               out / f"uniform{i}.json") for i in range(int(u.repeats))]
-            entry["uniform"] = {k: statistics.median(r[k] for r in runs) for k in UNIFORM_KEYS}
-            entry["uniform_runs"] = runs
+    model, u = comp.shared.served_name, cfg.uniform
+    engines: dict[str, dict] = {name: {"uniform_runs": []} for name in names}
+    servers: dict = {}
+    try:
+        for name in names:
+            log.info("[%s] starting (load average %.2f)", name, os.getloadavg()[0])
+            t0 = time.perf_counter()
+            servers[name] = comp.start(name)
+            engines[name]["startup_s"] = time.perf_counter() - t0
+            (run_dir / name).mkdir(parents=True, exist_ok=True)
+            vllm_bench(client, env, servers[name].url, model, comp.model_dir, u,
+                       u.warmup_prompts, 1, run_dir / name / "warmup.json")
+        for i in range(int(u.repeats)):
+            for name in names:
+                r = vllm_bench(client, env, servers[name].url, model, comp.model_dir, u,
+                               u.prompts, 0, run_dir / name / f"uniform{i}.json")
+                r["load_avg_before"] = os.getloadavg()[0]
+                engines[name]["uniform_runs"].append(r)
+                log.info("[%s] uniform run %d: mean TTFT %.0f ms, TPOT %.0f ms", name, i,
+                         r["mean_ttft_ms"], r["mean_tpot_ms"])
+        for name in names:
+            entry = engines[name]
+            entry["uniform"] = {k: statistics.median(r[k] for r in entry["uniform_runs"])
+                                for k in UNIFORM_KEYS}
             prio = name != FLOWPREFILL and "priority" in comp.peers[name].args
-            entry["hol"] = asyncio.run(head_of_line(server.url, model, cfg.hol, prio,
+            entry["hol"] = asyncio.run(head_of_line(servers[name].url, model, cfg.hol, prio,
                                                     int(comp.hf["vocab_size"]), 7))
             log.info("[%s] uniform: mean TTFT %.0f ms, TPOT %.0f ms; urgent TTFT behind %d "
                      "tokens %.3f s", name, entry["uniform"]["mean_ttft_ms"],
                      entry["uniform"]["mean_tpot_ms"], cfg.hol.long_len,
                      entry["hol"]["urgent_ttft_s"])
-        finally:
-            entry["exit_code"] = server.stop()
-        engines[name] = entry
-    fp = engines[FLOWPREFILL]
-    ratios = {peer: {"mean_ttft": fp["uniform"]["mean_ttft_ms"] / e["uniform"]["mean_ttft_ms"],
-                     "mean_tpot": fp["uniform"]["mean_tpot_ms"] / e["uniform"]["mean_tpot_ms"],
-                     "urgent_ttft": fp["hol"]["urgent_ttft_s"] / e["hol"]["urgent_ttft_s"]}
-              for peer, e in engines.items() if peer != FLOWPREFILL}
-    result = {"engines": engines, "ratios": ratios,
+    finally:
+        for name, server in servers.items():
+            engines[name]["exit_code"] = server.stop()
+    result = {"engines": engines, "ratios": ratios(engines),
               "settings": comp.settings(int(cfg.uniform.prompts)) | {
                   "uniform": dict(cfg.uniform), "hol": dict(cfg.hol),
                   "policy": cfg.policy.name}}
@@ -147,6 +155,24 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str))
     return result
+
+
+def ratios(engines: dict[str, dict]) -> dict[str, dict]:
+    """FlowPrefill / each peer: of the medians, and the median of the per-round ratios (each
+    round's runs are minutes apart, so those pairs share the machine's state)."""
+    fp = engines[FLOWPREFILL]
+    out = {}
+    for peer, e in engines.items():
+        if peer == FLOWPREFILL:
+            continue
+        pairs = list(zip(fp["uniform_runs"], e["uniform_runs"], strict=True))
+        out[peer] = {"mean_ttft": fp["uniform"]["mean_ttft_ms"] / e["uniform"]["mean_ttft_ms"],
+                     "mean_tpot": fp["uniform"]["mean_tpot_ms"] / e["uniform"]["mean_tpot_ms"],
+                     "urgent_ttft": fp["hol"]["urgent_ttft_s"] / e["hol"]["urgent_ttft_s"]}
+        for key in ("mean_ttft", "mean_tpot"):
+            out[peer][f"paired_{key}"] = statistics.median(a[f"{key}_ms"] / b[f"{key}_ms"]
+                                                           for a, b in pairs)
+    return out
 
 
 register_configs()
@@ -161,8 +187,9 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     result = run(cfg, run_dir)
     for peer, r in result["ratios"].items():
-        log.info("FlowPrefill / %s: mean TTFT x%.2f, mean TPOT x%.2f, urgent TTFT x%.3f",
-                 peer, r["mean_ttft"], r["mean_tpot"], r["urgent_ttft"])
+        log.info("FlowPrefill / %s: mean TTFT x%.2f (paired x%.2f), mean TPOT x%.2f (paired "
+                 "x%.2f), urgent TTFT x%.3f", peer, r["mean_ttft"], r["paired_mean_ttft"],
+                 r["mean_tpot"], r["paired_mean_tpot"], r["urgent_ttft"])
     log.info("-> %s", Path(cfg.out) if cfg.out else run_dir / "bench_peers.json")
 
 
