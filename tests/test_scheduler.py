@@ -6,7 +6,7 @@ import pytest
 
 from flowprefill.core import Abort, Arrival, Completion, Progress
 from flowprefill.scheduler import MAX_SCAN, ORDERS, BlockBudget, Scheduler, moore_hodgson
-from tests.test_scheduler_helpers import UnitPredictor, cost, policy, req
+from tests.test_scheduler_helpers import UnitPredictor, policy, req
 
 
 def ids(job):
@@ -62,26 +62,57 @@ def test_chunked_switches_at_a_chunk_boundary(order, switches):
         assert d.run is job
 
 
-def _scheduler_with_blocker(**kw):
+class GPULike(UnitPredictor):
+    """A forward's fixed part dominates (embed = final = 10 ms): batching short prompts pays."""
+
+    def op_cost(self, kind, shape, logits):
+        return 0.01 if kind in ("embed", "final") else super().op_cost(kind, shape, logits)
+
+
+def gpu_cost(tokens: int) -> float:
+    return 0.02 + 4 * 1e-4 * tokens
+
+
+def _scheduler_with_blocker(predictor=None, **kw):
     """A scheduler busy with a non-preemptible job 'x' (granularity none)."""
-    s = Scheduler(policy(granularity="none", **kw), UnitPredictor(), kw.pop("kv", None))
+    s = Scheduler(policy(granularity="none", **kw), predictor or UnitPredictor(),
+                  kw.pop("kv", None))
     x = s.on_event(Arrival(req("x", 0.0, 100, 10.0)), 0.0).run
     return s, x
 
 
-def test_slo_aware_batching_forms_exactly_the_allowed_batch():
-    s, x = _scheduler_with_blocker(batching=True, token_bound=300, alpha=0.1)
-    now = 1.0
-    # head a: deadline - now = 0.2 >= alpha * SLO = 0.1 (not urgent)
+def _five_waiting(s):
     s.on_event(Arrival(req("a", 0.2, 100, 1.0)), 0.2)
-    s.on_event(Arrival(req("b", 0.3, 250, 5.0)), 0.3)  # a+b = 350 > token_bound
-    s.on_event(Arrival(req("c", 0.4, 150, 5.0)), 0.4)  # a+c: slack 0.2 - cost(250) < 0.1
-    s.on_event(Arrival(req("d", 0.5, 50, 5.0)), 0.5)  # a+d: slack 0.2 - cost(150) >= 0.1
-    s.on_event(Arrival(req("e", 0.6, 40, 5.0)), 0.6)  # a+d+e: slack 0.2 - cost(190) = 0.122
-    assert 0.2 - cost(250) < 0.1 <= 0.2 - cost(190)
-    d = s.on_event(Completion(x.job_id), now)
+    s.on_event(Arrival(req("b", 0.3, 250, 5.0)), 0.3)
+    s.on_event(Arrival(req("c", 0.4, 150, 5.0)), 0.4)
+    s.on_event(Arrival(req("d", 0.5, 50, 5.0)), 0.5)
+    s.on_event(Arrival(req("e", 0.6, 40, 5.0)), 0.6)
+
+
+def test_slo_aware_batching_forms_exactly_the_allowed_batch():
+    s, x = _scheduler_with_blocker(GPULike(), batching=True, token_bound=300, alpha=0.1)
+    _five_waiting(s)
+    # at now = 1.0 head a has deadline - now = 0.2 >= alpha * SLO = 0.1 (not urgent); b:
+    # a+b = 350 > token_bound; c: a+c leaves slack 0.2 - cost(250) < 0.1; d, then e: slack
+    # 0.2 - cost(190) >= 0.1, and each pays (10+ ms saved for 3 and 2 waiting behind)
+    assert 0.2 - gpu_cost(250) < 0.1 <= 0.2 - gpu_cost(190)
+    d = s.on_event(Completion(x.job_id), 1.0)
     assert ids(d.run) == ("a", "d", "e")
     assert s.num_waiting == 2
+
+
+def test_batching_where_time_grows_with_tokens_pays_only_behind_a_long_queue():
+    # UnitPredictor: 2 ms per forward + 0.4 ms per token. d joining a would delay a by 20 ms
+    # to save 2 ms for d and each of the 3 behind it: not worth it; so a runs alone
+    s, x = _scheduler_with_blocker(batching=True, token_bound=300, alpha=0.1)
+    _five_waiting(s)
+    assert ids(s.on_event(Completion(x.job_id), 1.0).run) == ("a",)
+    # behind 30 others, the 2 ms it saves each of them outweighs the 20 ms it costs a
+    s, x = _scheduler_with_blocker(batching=True, token_bound=300, alpha=0.1)
+    _five_waiting(s)
+    for i in range(30):
+        s.on_event(Arrival(req(f"q{i}", 0.7, 200, 50.0)), 0.7)
+    assert ids(s.on_event(Completion(x.job_id), 1.0).run)[:2] == ("a", "d")
 
 
 def test_urgent_head_runs_alone():

@@ -2,10 +2,18 @@
 
 Rule (ARCHITECTURE.md): a new, short (<= budget tokens), non-urgent head (time to deadline
 >= alpha x its TTFT SLO) takes further waiting requests in rank order, skipping any that
-would break one of: the batch stays within the token budget, their KV blocks are free, and
-the head's predicted completion of the whole batch keeps >= alpha x SLO of slack. At most
-`MAX_SCAN` candidates are looked at. alpha <= 0 turns the two SLO conditions off (plain
-token-budget batching, as a DistServe- or vLLM-style baseline does).
+would break one of: the batch stays within the token budget, their KV blocks are free, the
+head's predicted completion of the whole batch keeps >= alpha x SLO of slack, and joining
+pays: it lowers the predicted sum of the waiting requests' completion times. A joiner
+delays each member by what it adds to the batch and saves itself and everyone waiting
+behind what batching saves over running it next, alone:
+    len(batch) * (t(batch + r) - t(batch)) < (t(batch) + t(r) - t(batch + r)) * (1 + behind)
+On a GPU short prompts cost little more together than alone, so they batch; on a CPU a
+forward's time grows with its tokens, so a batch pays only behind a long queue (SmolLM2 on
+2 cores, 256-token prompts at 4/s: mean TTFT 246 / 257 / 183 ms unbatched vs 478 / 357 / 242
+batched, three rounds). At most `MAX_SCAN` candidates are looked at. alpha <= 0 turns the
+SLO and payoff conditions off (plain token-budget batching, as a DistServe- or vLLM-style
+baseline does).
 The budget is `token_bound`, or `chunk_size` under chunked granularity; there a head longer
 than the chunk runs alone, chunk by chunk.
 """
@@ -42,6 +50,7 @@ def form_batch(head: Request, candidates: Sequence[Request], now: float, cfg: Po
         return [head]  # urgent: run it alone, as fast as possible
     batch, tokens = [head], head.prompt_len
     free = None if free_blocks is None else free_blocks - blocks_for(head.prompt_len, block_size)
+    alone = predictor.forward(((head.prompt_len, 0),)).total if slo_aware else 0.0
     for r in candidates[:MAX_SCAN]:
         if tokens == budget:
             break
@@ -52,8 +61,14 @@ def form_batch(head: Request, candidates: Sequence[Request], now: float, cfg: Po
             continue
         if slo_aware:
             shape = tuple((q.prompt_len, 0) for q in batch) + ((r.prompt_len, 0),)
-            if head.deadline - (now + predictor.forward(shape).total) < margin:
+            together = predictor.forward(shape).total
+            if head.deadline - (now + together) < margin:
                 continue
+            saved = alone + predictor.forward(((r.prompt_len, 0),)).total - together
+            behind = len(candidates) - len(batch)  # waiting after r joins
+            if len(batch) * (together - alone) >= saved * (1 + behind):
+                continue
+            alone = together
         batch.append(r)
         tokens += r.prompt_len
         if free is not None:
