@@ -1,9 +1,8 @@
 """The `torch` attention backend: PyTorch SDPA and batched matmuls, on CPU and CUDA.
 
 Fresh prefill segments attend over their own contiguous k/v with `is_causal` (no gather from
-the pool; short bf16 ones on the CPU through two batched matmuls, `_short_causal`); segments
-with cached context gather their keys from the pool by slot and use a bottom-right-aligned
-causal mask. Decode pads the batch to the longest context and attends
+the pool); segments with cached context gather their keys from the pool by slot and use a
+bottom-right-aligned causal mask. Decode pads the batch to the longest context and attends
 with two fp32 batched matmuls over (sequence, KV head) around the softmax, each KV head's
 query head group as the rows (so do the one-row segments of a prefill call: decoding
 sequences riding a prefill job): with one query row per sequence, SDPA's fused CPU kernel
@@ -12,8 +11,6 @@ tokens, bf16, 2 threads).
 """
 
 from __future__ import annotations
-
-import threading
 
 import torch
 import torch.nn.functional as F
@@ -89,54 +86,8 @@ def _fp32_heads_first(x: torch.Tensor) -> torch.Tensor:
 
 def _causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """q [T, nh, hd], k/v [T, kvh, hd] -> causal attention [T, nh, hd]."""
-    if q.device.type == "cpu" and q.dtype != torch.float32 and q.shape[0] <= SHORT_CAUSAL:
-        return _short_causal(q, k, v)
     q, k, v = _sdpa_heads(q, k, v)
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)[0].transpose(0, 1)
-
-
-# Fresh bf16 prompts up to this many tokens attend through `_short_causal` on the CPU: vs
-# SDPA's fused kernel 0.53 vs 1.19 ms at 256 tokens, 1.98 vs 4.55 ms at 512, even at 768, and
-# slower beyond, where the whole score matrix leaves the caches (SmolLM2 heads, 2 threads)
-SHORT_CAUSAL = 512
-_scratch = threading.local()
-
-
-def _short_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """`_causal` as two oneDNN batched matmuls around an fp32 softmax, each KV head's query
-    group as the rows of one matmul (no repeated K/V). The scores are rounded once to the
-    activation dtype before the softmax (SDPA keeps them in fp32); on SmolLM2 the last-token
-    logits then differ from an fp32 forward's as much as SDPA's do (max |diff| 0.24-0.54 vs
-    0.24-0.46 over 4 random 256- and 512-token prompts, the same top token in all 8). Scores
-    live in per-thread scratch buffers: fresh multi-MB tensors each layer cost page faults
-    that took longer than the matmuls."""
-    t, nh, hd = q.shape
-    kvh = k.shape[1]
-    g = nh // kvh
-    low, high, mask = _buffers(kvh * g * t * t, q.dtype)
-    qg = q.view(t, kvh, g, hd).permute(1, 2, 0, 3).reshape(kvh, g * t, hd)
-    scores = torch.bmm(qg, k.permute(1, 2, 0), out=low.view(kvh, g * t, t))
-    probs = high.view(kvh, g, t, t)
-    torch.add(mask[:t, :t], scores.view(kvh, g, t, t), alpha=hd ** -0.5, out=probs)
-    torch.ops.aten._softmax.out(probs, -1, False, out=probs)
-    low.view(kvh, g, t, t).copy_(probs)
-    out = torch.bmm(low.view(kvh, g * t, t), v.transpose(0, 1))  # [kvh, g T, hd]
-    return out.view(kvh, g, t, hd).permute(2, 0, 1, 3).reshape(t, nh, hd)
-
-
-def _buffers(n: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """This thread's scratch: `n` elements of `dtype` and of fp32, and the additive causal
-    mask [SHORT_CAUSAL, SHORT_CAUSAL] (0 on and below the diagonal, -inf above)."""
-    s = _scratch
-    if getattr(s, "mask", None) is None:
-        s.mask = torch.full((SHORT_CAUSAL, SHORT_CAUSAL), float("-inf")).triu_(1)
-        s.low = {}
-        s.high = torch.empty(0)
-    if s.high.numel() < n:
-        s.high = torch.empty(n)
-    if s.low.get(dtype) is None or s.low[dtype].numel() < n:
-        s.low[dtype] = torch.empty(n, dtype=dtype)
-    return s.low[dtype][:n], s.high[:n], s.mask
 
 
 def _sdpa_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
