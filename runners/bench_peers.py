@@ -127,6 +127,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                        u.warmup_prompts, 1, run_dir / name / "warmup.json")
         for i in range(int(u.repeats)):
             for name in names:
+                time.sleep(cfg.settle)
                 r = vllm_bench(client, env, servers[name].url, model, comp.model_dir, u,
                                u.prompts, 0, run_dir / name / f"uniform{i}.json")
                 r["load_avg_before"] = os.getloadavg()[0]
@@ -138,6 +139,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             entry["uniform"] = {k: statistics.median(r[k] for r in entry["uniform_runs"])
                                 for k in UNIFORM_KEYS}
             prio = name != FLOWPREFILL and "priority" in comp.peers[name].args
+            time.sleep(cfg.settle)
             entry["hol"] = asyncio.run(head_of_line(servers[name].url, model, cfg.hol, prio,
                                                     int(comp.hf["vocab_size"]), 7))
             log.info("[%s] uniform: mean TTFT %.0f ms, TPOT %.0f ms; urgent TTFT behind %d "
