@@ -128,9 +128,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         for i in range(int(u.repeats)):
             for name in names:
                 time.sleep(cfg.settle)
+                load = os.getloadavg()[0]
                 r = vllm_bench(client, env, servers[name].url, model, comp.model_dir, u,
                                u.prompts, 0, run_dir / name / f"uniform{i}.json")
-                r["load_avg_before"] = os.getloadavg()[0]
+                r["load_avg_before"] = load
                 engines[name]["uniform_runs"].append(r)
                 log.info("[%s] uniform run %d: mean TTFT %.0f ms, TPOT %.0f ms", name, i,
                          r["mean_ttft_ms"], r["mean_tpot_ms"])

@@ -78,7 +78,9 @@ def _one_row(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, mask: torch.Te
 
 
 def _fp32_heads_first(x: torch.Tensor) -> torch.Tensor:
-    """[B, L, kvh, hd] (any dtype) -> a contiguous fp32 [B, kvh, L, hd], in one copy."""
+    """[B, L, kvh, hd] (any dtype) -> a contiguous fp32 [B, kvh, L, hd], in one copy. (Not
+    `.to(float32, memory_format=contiguous_format)`: for an fp32 input that returns the
+    permuted view itself, uncopied and not contiguous.)"""
     b, length, kvh, hd = x.shape
     out = torch.empty(b, kvh, length, hd, dtype=torch.float32, device=x.device)
     return out.copy_(x.permute(0, 2, 1, 3))

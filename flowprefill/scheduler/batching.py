@@ -50,7 +50,7 @@ def form_batch(head: Request, candidates: Sequence[Request], now: float, cfg: Po
         return [head]  # urgent: run it alone, as fast as possible
     batch, tokens = [head], head.prompt_len
     free = None if free_blocks is None else free_blocks - blocks_for(head.prompt_len, block_size)
-    alone = predictor.forward(((head.prompt_len, 0),)).total if slo_aware else 0.0
+    t_batch = predictor.isolated_ttft(head.prompt_len) if slo_aware else 0.0
     for r in candidates[:MAX_SCAN]:
         if tokens == budget:
             break
@@ -64,11 +64,11 @@ def form_batch(head: Request, candidates: Sequence[Request], now: float, cfg: Po
             together = predictor.forward(shape).total
             if head.deadline - (now + together) < margin:
                 continue
-            saved = alone + predictor.forward(((r.prompt_len, 0),)).total - together
+            saved = t_batch + predictor.isolated_ttft(r.prompt_len) - together
             behind = len(candidates) - len(batch)  # waiting after r joins
-            if len(batch) * (together - alone) >= saved * (1 + behind):
+            if len(batch) * (together - t_batch) >= saved * (1 + behind):
                 continue
-            alone = together
+            t_batch = together
         batch.append(r)
         tokens += r.prompt_len
         if free is not None:
