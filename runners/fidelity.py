@@ -183,11 +183,12 @@ def replay_fidelity(cfg: DictConfig, run_dir: Path) -> dict:
                          metrics=MetricsConfig(warmup_requests=0),
                          tp=from_hydra(EngineConfig, cfg.engine).tp)
         # each request's output as the replay client caps it (one token: prefill only)
+        models = cost_models(setup)
         requests = [dataclasses.replace(r, max_tokens=max(1, min(r.max_tokens, cfg.max_output)))
-                    for r in build_requests(workload, slo, cost_models(setup).truth.isolated_ttft)]
+                    for r in build_requests(workload, slo, models.truth.isolated_ttft)]
         load_before = os.getloadavg()
         real, isolated = real_run(cfg, policy, requests, run_dir / name)
-        base = cost_models(setup).predictor
+        base = models.predictor
         simulated = Simulator(policy, base, setup.sim).run(requests).records  # the same ones
         JsonSink(run_dir / name / "real").log_records(real)
         JsonSink(run_dir / name / "sim").log_records(simulated)
