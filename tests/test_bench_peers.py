@@ -28,3 +28,9 @@ def test_paired_ratios_are_per_round_the_plain_ones_of_the_medians():
     assert r["mean_ttft"] == pytest.approx(130 / 300)
     assert r["mean_tpot"] == pytest.approx(32 / 75)
     assert r["urgent_ttft"] == pytest.approx(0.02)
+
+
+def test_every_round_sends_new_prompts():
+    # a peer with a prefix cache must not find a round's prompts cached from an earlier one
+    seeds = [bench_peers.round_seed(i) for i in range(5)]
+    assert len(set(seeds)) == 5 and bench_peers.WARMUP_SEED not in seeds
