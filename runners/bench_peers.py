@@ -7,7 +7,8 @@ while another is measured:
 - uniform: vLLM's own benchmark client, `vllm bench serve --dataset-name random`, at a fixed
   Poisson rate, after a warm-up with other prompts (no prefix-cache hits), `repeats` rounds
   over the engines in turn (each metric's median, and the median of the per-round ratios;
-  the same prompts each time). A client nobody here wrote.
+  each round new prompts, the same for every engine: `round_seed`). A client nobody here
+  wrote.
 - hol (head-of-line): a long prompt, then `delay` seconds later a short urgent one; the urgent
   request's client-side TTFT (first streamed chunk), median of `reps`. FlowPrefill gets each
   request's TTFT SLO; a peer started with `--scheduling-policy priority` gets priorities.
@@ -60,7 +61,7 @@ def round_seed(i: int) -> int:
 
 def vllm_bench(client: Path, env: dict[str, str], url: str, model: str, tokenizer: Path,
                c: DictConfig, prompts: int, seed: int, out: Path) -> dict:
-    """One `vllm bench serve` run (random prompts); its saved result's headline numbers."""
+    """One `vllm bench serve` run (random prompts of `seed`); its headline numbers and seed."""
     cmd = [str(client), "bench", "serve", "--backend", "vllm", "--base-url", url,
            "--endpoint", "/v1/completions", "--model", model, "--tokenizer", str(tokenizer),
            "--dataset-name", "random", "--random-input-len", str(c.input_len),
@@ -74,7 +75,7 @@ def vllm_bench(client: Path, env: dict[str, str], url: str, model: str, tokenize
         raise RuntimeError(f"vllm bench serve failed ({done.returncode}):\n"
                            f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     result = json.loads(out.read_text())
-    return {k: result[k] for k in UNIFORM_KEYS}
+    return {k: result[k] for k in UNIFORM_KEYS} | {"seed": seed}
 
 
 async def _ttft(client: httpx.AsyncClient, url: str, body: dict) -> float:
@@ -140,7 +141,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                 load = os.getloadavg()[0]
                 r = vllm_bench(client, env, servers[name].url, model, comp.model_dir, u,
                                u.prompts, round_seed(i), run_dir / name / f"uniform{i}.json")
-                r["load_avg_before"], r["seed"] = load, round_seed(i)
+                r["load_avg_before"] = load
                 engines[name]["uniform_runs"].append(r)
                 log.info("[%s] uniform run %d: mean TTFT %.0f ms, TPOT %.0f ms", name, i,
                          r["mean_ttft_ms"], r["mean_tpot_ms"])
