@@ -68,8 +68,8 @@ def vllm_bench(client: Path, env: dict[str, str], url: str, model: str, tokenize
            "--random-output-len", str(c.output_len), "--num-prompts", str(prompts),
            "--request-rate", str(c.rate), "--ignore-eos", "--seed", str(seed),
            "--percentile-metrics", "ttft,tpot,itl,e2el", "--goodput",
-           f"ttft:{c.goodput_ttft_ms}", "--save-result", "--result-dir", str(out.parent),
-           "--result-filename", out.name]
+           f"ttft:{c.goodput_ttft_ms}", "--save-result", "--save-detailed",  # per-request ITLs
+           "--result-dir", str(out.parent), "--result-filename", out.name]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     if done.returncode:
         raise RuntimeError(f"vllm bench serve failed ({done.returncode}):\n"
