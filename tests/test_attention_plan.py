@@ -206,6 +206,7 @@ class PlanCountingBackend(TorchBackend):
     does: counts how often the executor's metadata would be planned."""
 
     def __init__(self):
+        super().__init__()
         self.cache, self.log = make_cache(2)
 
     def prefill(self, layer, q, k, v, meta, pool):

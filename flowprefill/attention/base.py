@@ -73,7 +73,7 @@ class PrefillMeta:
         valid = torch.arange(width, device=dev)[None, :] < torch.tensor(lens, device=dev)[:, None]
         rows = tuple(s.row for s in segs)
         return SingleRows(rows, torch.tensor(rows, device=dev), slots,
-                          valid[:, None, None, :])
+                          torch.tensor(lens, device=dev), valid[:, None, None, :])
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,6 +81,7 @@ class SingleRows:
     rows: tuple[int, ...]  # host: the query rows
     index: torch.Tensor  # [B] the same rows (device)
     ctx_slots: torch.Tensor  # [B, Lmax] slots of each row's positions 0 .. kv_len - 1, padded
+    lens: torch.Tensor  # [B] int64 kv_len of each row
     mask: torch.Tensor  # [B, 1, 1, Lmax] bool, True where a position is real
 
 

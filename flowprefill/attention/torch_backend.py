@@ -7,7 +7,8 @@ with two fp32 batched matmuls over (sequence, KV head) around the softmax, each 
 query head group as the rows (so do the one-row segments of a prefill call: decoding
 sequences riding a prefill job): with one query row per sequence, SDPA's fused CPU kernel
 is built for long queries and was ~2-5x slower (SmolLM2 shapes, 8-16 sequences of 257
-tokens, bf16, 2 threads).
+tokens, bf16, 2 threads). On the CPU, where it can be built, the compiled kernel of
+`attention.cpu_kernel` does those one-row attentions instead, reading the pool in place.
 """
 
 from __future__ import annotations
@@ -16,11 +17,15 @@ import torch
 import torch.nn.functional as F
 
 from flowprefill.attention.base import DecodeMeta, PrefillMeta
+from flowprefill.attention.cpu_kernel import PagedKernel
 from flowprefill.kvcache.pool import KVPool
 
 
 class TorchBackend:
     name = "torch"
+
+    def __init__(self, kernel: PagedKernel | None = None) -> None:
+        self.kernel = kernel  # the CPU one-row kernel; None: PyTorch ops only
 
     def prefill(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 meta: PrefillMeta, pool: KVPool) -> torch.Tensor:
@@ -30,9 +35,9 @@ class TorchBackend:
         out = torch.empty_like(q)  # [T, nh, hd]
         single = meta.single_rows  # decoding rows riding the job: one batched attention
         if single is not None:
-            kc, vc = pool.gather(layer, single.ctx_slots)
-            out.index_copy_(0, single.index, _one_row(q.index_select(0, single.index), kc, vc,
-                                                      single.mask))
+            out.index_copy_(0, single.index, self._one_row(layer, q.index_select(0, single.index),
+                                                           pool, single.ctx_slots, single.lens,
+                                                           single.mask))
         for seg in meta.segments:
             rows = slice(seg.row, seg.row + seg.num)
             if seg.single:  # attended above
@@ -52,8 +57,16 @@ class TorchBackend:
     def decode(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                meta: DecodeMeta, pool: KVPool) -> torch.Tensor:
         pool.write(layer, meta.slots, k, v)
-        kc, vc = pool.gather(layer, meta.ctx_slots)  # [B, Lmax, kvh, hd]
-        return _one_row(q, kc, vc, meta.mask)
+        return self._one_row(layer, q, pool, meta.ctx_slots, meta.lens, meta.mask)
+
+    def _one_row(self, layer: int, q: torch.Tensor, pool: KVPool, ctx_slots: torch.Tensor,
+                 lens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """q [B, nh, hd], one row per sequence, over its first lens[b] slots of ctx_slots."""
+        kc, vc = pool.layer(layer)
+        if self.kernel is not None and self.kernel.supports(q, kc):
+            return self.kernel(q, kc, vc, ctx_slots, lens)
+        kc, vc = pool.gather(layer, ctx_slots)  # [B, Lmax, kvh, hd]
+        return _one_row(q, kc, vc, mask)
 
 
 def _one_row(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, mask: torch.Tensor

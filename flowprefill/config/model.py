@@ -139,6 +139,9 @@ class EngineConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     attention: Literal["auto", "torch", "flashinfer"] = "auto"
     compile: bool | None = None  # torch.compile each operator separately; None: by device
+    # CPU: decode attention (and decoding rows riding a prefill job) through the compiled
+    # kernel of attention.cpu_kernel, built on first use; false: PyTorch ops only
+    cpu_kernel: bool = True
     # operators predicted longer than this are split into token slices (operator
     # granularity); 0 = never split; None: the device's default (MAX_UNIT_MS)
     max_unit_ms: float | None = None

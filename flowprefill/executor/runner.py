@@ -50,7 +50,8 @@ class ModelRunner:
         self.pool = KVPool(cfg.num_layers, engine_cfg.num_kv_blocks, engine_cfg.block_size,
                            self.model.kv_heads, cfg.dim_head, DTYPES[engine_cfg.dtype],
                            engine_cfg.device)
-        self.backend = make_backend(engine_cfg.attention)
+        self.backend = make_backend(engine_cfg.attention, engine_cfg.device,
+                                    engine_cfg.cpu_kernel)
         cuda = engine_cfg.device == "cuda"
         # decode on its own stream: a decode step placed at a preemption point does not queue
         # behind the prefill units launched ahead of the device
