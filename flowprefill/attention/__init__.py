@@ -23,6 +23,8 @@ def make_backend(name: str, device: str = "cpu", cpu_kernel: bool = True) -> Att
         kernel = load_cpu_kernel() if device == "cpu" and cpu_kernel else None
         if kernel is not None:
             log.info("decode attention: the compiled CPU kernel %s", kernel.path)
+        elif device == "cpu" and not cpu_kernel:
+            log.info("decode attention: PyTorch ops (engine.cpu_kernel=false)")
         return TorchBackend(kernel)
     if name == "flashinfer":
         from flowprefill.attention.flashinfer_backend import FlashInferBackend
