@@ -162,3 +162,18 @@ def test_loading_the_kernel_leaves_subnormal_arithmetic_alone(kernel):
     assert (tiny * 1.0).item() > 0 and (tiny / 2).item() > 0
     smallest_normal = torch.finfo(torch.float64).tiny
     assert smallest_normal / 2 > 0  # Python floats too
+
+
+def test_out_of_range_slots_and_lengths_are_errors_not_crashes(kernel):
+    kc = vc = torch.zeros(32, 2, 16)
+    q = torch.zeros(2, 4, 16)
+    ok = torch.tensor([[1, 2, 3], [4, 5, 0]])
+    kernel(q, kc, vc, ok, torch.tensor([3, 2]))
+    with pytest.raises(IndexError, match="slot outside the pool's 32"):
+        kernel(q, kc, vc, torch.tensor([[1, 2, 32], [4, 5, 0]]), torch.tensor([3, 2]))
+    with pytest.raises(IndexError, match="length outside 1..3"):
+        kernel(q, kc, vc, ok, torch.tensor([4, 2]))
+    with pytest.raises(IndexError):
+        kernel(q, kc, vc, ok, torch.tensor([3, 0]))
+    with pytest.raises(ValueError, match="do not agree"):
+        kernel(q, kc, vc, ok, torch.tensor([3]))

@@ -36,7 +36,7 @@ SOURCE = Path(__file__).with_name("cpu_paged.cpp")
 # shared object linked with it starts by switching the process to flush-to-zero arithmetic
 COMPILE = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-std=c++17", "-fPIC")
 LINK = ("-shared", "-fopenmp")
-ABI = 1  # fp_paged_abi() of a build this module can call
+ABI = 2  # fp_paged_abi() of a build this module can call
 MAX_HEAD_DIM = 256
 LANES = 16  # head_dim must be a multiple (the kernel's dot-product width)
 _FNS = {torch.bfloat16: "fp_paged_bf16", torch.float32: "fp_paged_f32"}
@@ -51,8 +51,8 @@ class PagedKernel:
         self._fns = {}
         for dtype, name in _FNS.items():
             fn = getattr(lib, name)
-            fn.restype = None
-            fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5 + [ctypes.c_float,
+            fn.restype = ctypes.c_int
+            fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 6 + [ctypes.c_float,
                                                                           ctypes.c_int]
             self._fns[dtype] = fn
 
@@ -70,10 +70,18 @@ class PagedKernel:
                 and ctx_slots.dtype == lens.dtype == torch.int64):
             raise ValueError("paged kernel: K/V must be contiguous [S, kvh, hd], slots int64")
         q, slots, lens = q.contiguous(), ctx_slots.contiguous(), lens.contiguous()
+        if lens.shape != (b,) or slots.shape[0] != b or v_cache.shape != k_cache.shape:
+            raise ValueError(f"paged kernel: q {tuple(q.shape)}, slots {tuple(slots.shape)}, "
+                             f"lens {tuple(lens.shape)}, K {tuple(k_cache.shape)}, "
+                             f"V {tuple(v_cache.shape)} do not agree")
         out = torch.empty_like(q)
-        self._fns[q.dtype](q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
-                           slots.data_ptr(), lens.data_ptr(), out.data_ptr(), b,
-                           slots.shape[1], nh, kvh, hd, hd ** -0.5, torch.get_num_threads())
+        bad = self._fns[q.dtype](q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+                                 slots.data_ptr(), lens.data_ptr(), out.data_ptr(), b,
+                                 slots.shape[1], k_cache.shape[0], nh, kvh, hd, hd ** -0.5,
+                                 torch.get_num_threads())
+        if bad:  # checked before anything is read: an index error, not a crash
+            raise IndexError(f"paged kernel: a length outside 1..{slots.shape[1]} or a slot "
+                             f"outside the pool's {k_cache.shape[0]}")
         return out
 
 

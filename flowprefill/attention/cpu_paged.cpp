@@ -42,11 +42,17 @@ inline void store(uint16_t* p, float x) {  // fp32 -> bf16, round to nearest eve
 }
 
 // q, out: [B, nh, hd]; k, v: one layer's slots [S, kvh, hd]; slots: [B, lmax] (row b's
-// positions 0 .. lens[b] - 1 are slots[b, :lens[b]]).
+// positions 0 .. lens[b] - 1 are slots[b, :lens[b]]). Returns 0, or 1 (nothing computed)
+// when a length is outside 1 .. lmax or a slot outside 0 .. S - 1.
 template <typename T>
-void attend(const T* q, const T* k, const T* v, const int64_t* slots, const int64_t* lens,
-            T* out, int64_t batch, int64_t lmax, int64_t nh, int64_t kvh, int64_t hd,
-            float scale, int threads) {
+int attend(const T* q, const T* k, const T* v, const int64_t* slots, const int64_t* lens,
+           T* out, int64_t batch, int64_t lmax, int64_t num_slots, int64_t nh, int64_t kvh,
+           int64_t hd, float scale, int threads) {
+  for (int64_t b = 0; b < batch; ++b) {
+    if (lens[b] < 1 || lens[b] > lmax) return 1;
+    for (int64_t l = 0; l < lens[b]; ++l)
+      if (slots[b * lmax + l] < 0 || slots[b * lmax + l] >= num_slots) return 1;
+  }
   const int64_t g = nh / kvh;  // query heads per KV head
 #pragma omp parallel num_threads(threads)
   {
@@ -100,24 +106,26 @@ void attend(const T* q, const T* k, const T* v, const int64_t* slots, const int6
           store(out + (b * nh + h * g + j) * hd + d, acc[j * hd + d] * inv[j]);
     }
   }
+  return 0;
 }
 
 }  // namespace
 
 extern "C" {
 
-int fp_paged_abi() { return 1; }
+int fp_paged_abi() { return 2; }
 
-void fp_paged_bf16(const uint16_t* q, const uint16_t* k, const uint16_t* v,
-                   const int64_t* slots, const int64_t* lens, uint16_t* out, int64_t batch,
-                   int64_t lmax, int64_t nh, int64_t kvh, int64_t hd, float scale, int threads) {
-  attend(q, k, v, slots, lens, out, batch, lmax, nh, kvh, hd, scale, threads);
+int fp_paged_bf16(const uint16_t* q, const uint16_t* k, const uint16_t* v, const int64_t* slots,
+                  const int64_t* lens, uint16_t* out, int64_t batch, int64_t lmax,
+                  int64_t num_slots, int64_t nh, int64_t kvh, int64_t hd, float scale,
+                  int threads) {
+  return attend(q, k, v, slots, lens, out, batch, lmax, num_slots, nh, kvh, hd, scale, threads);
 }
 
-void fp_paged_f32(const float* q, const float* k, const float* v, const int64_t* slots,
-                  const int64_t* lens, float* out, int64_t batch, int64_t lmax, int64_t nh,
-                  int64_t kvh, int64_t hd, float scale, int threads) {
-  attend(q, k, v, slots, lens, out, batch, lmax, nh, kvh, hd, scale, threads);
+int fp_paged_f32(const float* q, const float* k, const float* v, const int64_t* slots,
+                 const int64_t* lens, float* out, int64_t batch, int64_t lmax, int64_t num_slots,
+                 int64_t nh, int64_t kvh, int64_t hd, float scale, int threads) {
+  return attend(q, k, v, slots, lens, out, batch, lmax, num_slots, nh, kvh, hd, scale, threads);
 }
 
 }  // extern "C"
