@@ -102,7 +102,7 @@ def _cpu_flags() -> str:
 
 @functools.cache
 def load() -> PagedKernel | None:
-    """The kernel, built on first use (a few seconds) and cached; None where it cannot be
+    """The kernel, built on first use (about a second here) and cached; None where it cannot be
     built or loaded (the reason is logged once)."""
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if cxx is None:
@@ -129,7 +129,8 @@ def load() -> PagedKernel | None:
 def _build(cxx: str, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    # into a temporary name, then renamed: processes building at once each get a whole file
+    # built in a temporary directory, then renamed: processes building at once each see a
+    # whole file or none
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         obj, so = os.path.join(tmp, "k.o"), os.path.join(tmp, "k.so")
         for cmd in ([cxx, *COMPILE, "-c", str(SOURCE), "-o", obj], [cxx, *LINK, obj, "-o", so]):

@@ -35,9 +35,9 @@ class TorchBackend:
         out = torch.empty_like(q)  # [T, nh, hd]
         single = meta.single_rows  # decoding rows riding the job: one batched attention
         if single is not None:
-            out.index_copy_(0, single.index, self._one_row(layer, q.index_select(0, single.index),
-                                                           pool, single.ctx_slots, single.lens,
-                                                           single.mask))
+            rows = self._rows(layer, q.index_select(0, single.index), pool, single.ctx_slots,
+                              single.lens, single.mask)
+            out.index_copy_(0, single.index, rows)
         for seg in meta.segments:
             rows = slice(seg.row, seg.row + seg.num)
             if seg.single:  # attended above
@@ -57,10 +57,10 @@ class TorchBackend:
     def decode(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                meta: DecodeMeta, pool: KVPool) -> torch.Tensor:
         pool.write(layer, meta.slots, k, v)
-        return self._one_row(layer, q, pool, meta.ctx_slots, meta.lens, meta.mask)
+        return self._rows(layer, q, pool, meta.ctx_slots, meta.lens, meta.mask)
 
-    def _one_row(self, layer: int, q: torch.Tensor, pool: KVPool, ctx_slots: torch.Tensor,
-                 lens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _rows(self, layer: int, q: torch.Tensor, pool: KVPool, ctx_slots: torch.Tensor,
+              lens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """q [B, nh, hd], one row per sequence, over its first lens[b] slots of ctx_slots."""
         kc, vc = pool.layer(layer)
         if self.kernel is not None and self.kernel.supports(q, kc):
