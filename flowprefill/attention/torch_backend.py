@@ -35,9 +35,9 @@ class TorchBackend:
         out = torch.empty_like(q)  # [T, nh, hd]
         single = meta.single_rows  # decoding rows riding the job: one batched attention
         if single is not None:
-            rows = self._rows(layer, q.index_select(0, single.index), pool, single.ctx_slots,
-                              single.lens, single.mask)
-            out.index_copy_(0, single.index, rows)
+            attended = self._rows(layer, q.index_select(0, single.index), pool,
+                                  single.ctx_slots, single.lens, single.mask)
+            out.index_copy_(0, single.index, attended)
         for seg in meta.segments:
             rows = slice(seg.row, seg.row + seg.num)
             if seg.single:  # attended above
