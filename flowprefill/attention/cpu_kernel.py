@@ -90,14 +90,16 @@ def cache_dir() -> Path:
     return Path(base) / "flowprefill" / "kernels"
 
 
-def _cpu_flags() -> str:
+@functools.cache
+def cpu_flags() -> tuple[str, ...]:
+    """This CPU's feature flags from /proc/cpuinfo (`flags` on x86, `Features` on ARM); ()
+    where there is none (not Linux)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    return os.uname().machine
+        return ()
+    return next((tuple(line.split(":", 1)[1].split()) for line in text.splitlines()
+                 if line.startswith(("flags", "Features"))), ())
 
 
 @functools.cache
@@ -110,8 +112,9 @@ def load() -> PagedKernel | None:
                     "uses PyTorch ops")
         return None
     src = SOURCE.read_bytes()
+    machine = " ".join((os.uname().machine, *cpu_flags()))
     key = hashlib.sha256(b"\0".join([src, " ".join(COMPILE + LINK).encode(), cxx.encode(),
-                                     _cpu_flags().encode()])).hexdigest()[:16]
+                                     machine.encode()])).hexdigest()[:16]
     path = cache_dir() / f"cpu_paged-{key}.so"
     try:
         if not path.exists():

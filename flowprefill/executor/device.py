@@ -13,10 +13,10 @@ import logging
 import os
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
 import torch
 
+from flowprefill.attention.cpu_kernel import cpu_flags
 from flowprefill.config import EngineConfig
 
 log = logging.getLogger(__name__)
@@ -37,12 +37,8 @@ def machine() -> Machine:
 
 
 def _cpu_bf16_flag() -> str | None:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: assume no native bf16 (fp32 is the safe default)
-        return None
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
-                  if line.startswith("flags")), [])
+    """None where no flag says so (not Linux included: fp32 is the safe default)."""
+    flags = cpu_flags()
     return next((f for f in BF16_CPU_FLAGS if f in flags), None)
 
 
