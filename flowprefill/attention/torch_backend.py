@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from flowprefill.attention.base import DecodeMeta, PrefillMeta
+from flowprefill.attention.base import DecodeMeta, PrefillMeta, SingleRows
 from flowprefill.attention.cpu_kernel import PagedKernel
 from flowprefill.kvcache.pool import KVPool
 
@@ -35,8 +35,7 @@ class TorchBackend:
         out = torch.empty_like(q)  # [T, nh, hd]
         single = meta.single_rows  # decoding rows riding the job: one batched attention
         if single is not None:
-            attended = self._rows(layer, q.index_select(0, single.index), pool,
-                                  single.ctx_slots, single.lens, single.mask)
+            attended = self._rows(layer, q.index_select(0, single.index), pool, single)
             out.index_copy_(0, single.index, attended)
         for seg in meta.segments:
             rows = slice(seg.row, seg.row + seg.num)
@@ -57,16 +56,17 @@ class TorchBackend:
     def decode(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                meta: DecodeMeta, pool: KVPool) -> torch.Tensor:
         pool.write(layer, meta.slots, k, v)
-        return self._rows(layer, q, pool, meta.ctx_slots, meta.lens, meta.mask)
+        return self._rows(layer, q, pool, meta)
 
-    def _rows(self, layer: int, q: torch.Tensor, pool: KVPool, ctx_slots: torch.Tensor,
-              lens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """q [B, nh, hd], one row per sequence, over its first lens[b] slots of ctx_slots."""
+    def _rows(self, layer: int, q: torch.Tensor, pool: KVPool,
+              rows: DecodeMeta | SingleRows) -> torch.Tensor:
+        """q [B, nh, hd], one row per sequence, over its first rows.lens[b] slots of
+        rows.ctx_slots (the padding mask is read only by the PyTorch-ops path)."""
         kc, vc = pool.layer(layer)
         if self.kernel is not None and self.kernel.supports(q, kc):
-            return self.kernel(q, kc, vc, ctx_slots, lens)
-        kc, vc = pool.gather(layer, ctx_slots)  # [B, Lmax, kvh, hd]
-        return _one_row(q, kc, vc, mask)
+            return self.kernel(q, kc, vc, rows.ctx_slots, rows.lens)
+        kc, vc = pool.gather(layer, rows.ctx_slots)  # [B, Lmax, kvh, hd]
+        return _one_row(q, kc, vc, rows.mask)
 
 
 def _one_row(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, mask: torch.Tensor
