@@ -17,6 +17,10 @@ HAS_CXX = bool(shutil.which("g++") or shutil.which("c++"))
 BS = 16
 
 
+class _M:  # the batch builder only needs a device
+    device = torch.device("cpu")
+
+
 @pytest.fixture(scope="module")
 def kernel():
     k = cpu_kernel.load()
@@ -97,9 +101,6 @@ def test_backend_with_the_kernel_equals_pytorch_ops(kernel, dtype):
     tol = dict(atol=1e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
     with_k, ops = TorchBackend(kernel), TorchBackend(None)
 
-    class _M:  # the batch builder only needs a device
-        device = torch.device("cpu")
-
     batch = build_decode_batch(_M(), [0] * 3, [n - 1 for n in lens], tables, BS)
     q = torch.randn(3, nh, hd, generator=gen).to(dtype)
     k, v = (torch.randn(3, kvh, hd, generator=gen).to(dtype) for _ in range(2))
@@ -143,9 +144,6 @@ def test_a_kernel_that_cannot_be_built_falls_back_to_pytorch_ops(monkeypatch, tm
         assert "CPU decode kernel unavailable" in caplog.text and "false failed" in caplog.text
         assert not list(tmp_path.rglob("*.so"))  # no half-built file left behind
         pool = KVPool(1, 8, BS, 2, 16)
-
-        class _M:
-            device = torch.device("cpu")
 
         batch = build_decode_batch(_M(), [0], [0], [[1]], BS)
         out = be.decode(0, torch.randn(1, 4, 16), torch.randn(1, 2, 16), torch.randn(1, 2, 16),
